@@ -1,0 +1,95 @@
+"""OpenAI-compatible inference routes. Thin: read and validate, pick JSON or SSE, delegate.
+
+Contract: https://platform.openai.com/docs/api-reference (models, chat, completions,
+embeddings). Fields the gateway does not need are passed to the worker untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from gateway.api.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, validate
+from gateway.api.responses import ClientDisconnected, SSEResponse, cancel_on_disconnect, reply_response
+from gateway.deps import CurrentPrincipal, ServicesDep
+from gateway.errors import InvalidRequest, ModelNotFound
+from gateway.relay.base import UpstreamReply
+from gateway.relay.dispatch import CallContext
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+_JSON = "application/json"
+
+
+@router.get("/models")
+async def list_models(principal: CurrentPrincipal, services: ServicesDep) -> Response:
+    data = [_model_card(m, created) for m, created in services.catalogue.models() if principal.may_use(m)]
+    return Response(orjson.dumps({"object": "list", "data": data}), media_type=_JSON)
+
+
+@router.get("/models/{model_id:path}")
+async def retrieve_model(model_id: str, principal: CurrentPrincipal, services: ServicesDep) -> Response:
+    for m, created in services.catalogue.models():
+        if m == model_id and principal.may_use(m):
+            return Response(orjson.dumps(_model_card(m, created)), media_type=_JSON)
+    raise ModelNotFound(model_id)
+
+
+@router.post("/chat/completions")
+async def chat_completions(request: Request, principal: CurrentPrincipal, services: ServicesDep) -> Response:
+    return await _generate(request, principal, services, ChatCompletionRequest, "chat.completions")
+
+
+@router.post("/completions")
+async def completions(request: Request, principal: CurrentPrincipal, services: ServicesDep) -> Response:
+    return await _generate(request, principal, services, CompletionRequest, "completions")
+
+
+@router.post("/embeddings")
+async def embeddings(request: Request, principal: CurrentPrincipal, services: ServicesDep) -> Response:
+    return await _generate(request, principal, services, EmbeddingRequest, "embeddings")
+
+
+async def _generate(
+    request: Request,
+    principal: CurrentPrincipal,
+    services: ServicesDep,
+    schema: type[ChatCompletionRequest | CompletionRequest | EmbeddingRequest],
+    endpoint: str,
+) -> Response:
+    payload = await read_json(request)
+    validate(schema, payload)
+    state = request.scope["state"]
+    ctx = CallContext(principal, state["request_id"], endpoint, endpoint.replace(".", "/"), state["started"])
+    try:
+        if payload.get("stream") and schema is not EmbeddingRequest:
+            opened = await cancel_on_disconnect(request, services.dispatcher.stream(ctx, payload))
+            if isinstance(opened, UpstreamReply):
+                return reply_response(opened)
+            return SSEResponse(opened)
+        reply = await cancel_on_disconnect(request, services.dispatcher.unary(ctx, payload))
+    except ClientDisconnected:
+        return Response(status_code=499)  # nobody is listening; nothing is sent
+    return reply_response(reply)
+
+
+async def read_json(request: Request) -> dict[str, Any]:
+    body = await request.body()
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise InvalidRequest(
+            "We could not parse the JSON body of your request. The body must be valid JSON "
+            "(check the Content-Type and the encoding).",
+            code="invalid_json",
+        ) from None
+    if not isinstance(payload, dict):
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_type")
+    return payload
+
+
+def _model_card(model: str, created: int) -> dict[str, Any]:
+    return {"id": model, "object": "model", "created": created, "owned_by": "hearth"}

@@ -1,0 +1,104 @@
+"""Response helpers shared by the routers: worker replies, SSE streams, and cancellation
+when the client disconnects (the gateway stops the worker's request too)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterable, Awaitable, Coroutine
+from typing import Any, Protocol, TypeVar
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from gateway.errors import UpstreamError
+from gateway.relay.base import UpstreamReply
+
+T = TypeVar("T")
+
+
+class ClientDisconnected(Exception):
+    """The client closed the connection before the answer was ready."""
+
+
+class _Closable(AsyncIterable[bytes], Protocol):
+    def aclose(self) -> Awaitable[None]: ...
+
+
+def reply_response(reply: UpstreamReply) -> Response:
+    """The worker's answer as is; a non-JSON error from it becomes an OpenAI error body."""
+    if reply.status >= 400 and not _is_openai_error(reply.body):
+        text = reply.body[:500].decode(errors="replace")
+        err = UpstreamError(f"The worker rejected the request (HTTP {reply.status}): {text}")
+        return Response(orjson.dumps(err.body()), status_code=reply.status, media_type="application/json")
+    return Response(reply.body, status_code=reply.status, media_type=reply.content_type)
+
+
+def _is_openai_error(body: bytes) -> bool:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(data, dict) and isinstance(data.get("error"), dict)
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def cancel_on_disconnect(request: Request, work: Coroutine[Any, Any, T]) -> T:
+    """Run `work`, cancelling it if the client disconnects first (like vLLM's with_cancellation).
+
+    The request body must have been read already.
+    """
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_disconnect(request.receive))
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            raise ClientDisconnected
+    return task.result()
+
+
+class SSEResponse(Response):
+    """Sends each chunk as it comes (no buffering); stops the stream if the client goes away."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, stream: _Closable) -> None:
+        # Not Response.__init__: it would add content-length: 0.
+        self.status_code = 200
+        self.background = None
+        self.raw_headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"),  # tell nginx not to buffer
+        ]
+        self.stream = stream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        pump = asyncio.ensure_future(self._pump(send))
+        watcher = asyncio.ensure_future(_wait_disconnect(receive))
+        try:
+            await asyncio.wait((pump, watcher), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+            if not pump.done():
+                pump.cancel()
+            await asyncio.gather(pump, return_exceptions=True)
+            await self.stream.aclose()
+
+    async def _pump(self, send: Send) -> None:
+        try:
+            async for chunk in self.stream:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:
+            pass  # the client is gone; the watcher or aclose() cleans up

@@ -1,0 +1,36 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+import orjson
+from fastapi import APIRouter
+from starlette.responses import Response
+
+from gateway.deps import ServicesDep
+
+router = APIRouter(tags=["status"])
+
+
+@router.get("/health")
+async def health() -> Response:
+    """Liveness: the process answers. Says nothing about dependencies."""
+    return Response(b'{"status":"ok"}', media_type="application/json")
+
+
+@router.get("/ready")
+async def ready(services: ServicesDep) -> Response:
+    """Readiness: the store answers and, when configured, Redis answers."""
+    checks = {"store": await services.db.ping()}
+    if services.redis is not None:
+        checks["redis"] = await services.redis_ok()
+    ok = all(checks.values())
+    body = {"status": "ready" if ok else "not ready", "checks": checks}
+    return Response(orjson.dumps(body), status_code=200 if ok else 503, media_type="application/json")
+
+
+@router.get("/metrics")
+async def metrics(services: ServicesDep) -> Response:
+    m = services.metrics
+    m.usage_pending.set(services.usage.pending)
+    m.usage_dropped.set(services.usage.dropped)
+    return Response(m.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

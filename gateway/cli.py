@@ -1,0 +1,289 @@
+"""The `hearth` command. It parses arguments and calls library code; nothing else lives here."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from gateway.config import ConfigError, Settings, load_settings
+
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="Hearth: an OpenAI-compatible inference gateway for HPC."
+)
+config_app = typer.Typer(no_args_is_help=True, help="Check configuration files.")
+keys_app = typer.Typer(no_args_is_help=True, help="Manage API keys (stored hashed; shown once).")
+app.add_typer(config_app, name="config")
+app.add_typer(keys_app, name="keys")
+
+out = Console()
+err = Console(stderr=True)
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="hearth.yaml", exists=True, dir_okay=False)
+]
+
+
+def _load(path: Path | None, **overrides: Any) -> Settings:
+    try:
+        return load_settings(path, **overrides)
+    except ConfigError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    upstream: Annotated[
+        list[str] | None, typer.Option(help="An OpenAI-compatible base URL ending in /v1; repeatable.")
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(help="Accept this key (in addition to stored keys).", envvar="HEARTH_API_KEY"),
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Interface to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+) -> None:
+    """Run the gateway, from a config file or in front of existing OpenAI-compatible servers."""
+    from gateway.server import serve as run
+
+    overrides: dict[str, Any] = {}
+    server = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    if server:
+        overrides["server"] = server
+    if upstream:
+        overrides["clusters"] = {"upstream": {"upstreams": [{"url": u} for u in upstream]}}
+    if api_key:
+        overrides["auth"] = {"api_keys": [{"owner": "local", "key": api_key, "admin": True}]}
+    settings = _load(config, **overrides)
+    if not settings.clusters:
+        err.print("[red]No upstreams: give --upstream URL or a --config with clusters.[/red]")
+        raise typer.Exit(2)
+    run(settings)
+
+
+@app.command()
+def demo(
+    port: Annotated[int, typer.Option(help="Gateway port.")] = 8000,
+    api_key: Annotated[str | None, typer.Option(help="Key clients use; one is made if omitted.")] = None,
+    model: Annotated[str, typer.Option(help="Name of the simulated model.")] = "sim-model",
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    data_dir: Annotated[Path, typer.Option(help="Where the SQLite store lives.")] = Path("var/demo"),
+) -> None:
+    """Gateway + one local 'cluster' running the simulated engine, on embedded defaults."""
+    from endpoints.launcher import LocalProcess, free_port, sim_argv
+    from gateway.server import serve as run
+
+    key = api_key or "sk-" + secrets.token_urlsafe(24)
+    worker_key = secrets.token_urlsafe(24)  # only the gateway may use the worker
+    sim_port = free_port()
+    worker = LocalProcess(
+        sim_argv(model=model, port=sim_port, api_key=worker_key),
+        f"http://127.0.0.1:{sim_port}/health",
+    )
+    with out.status("Starting the simulated engine…"):
+        worker.start()
+    settings = _load(
+        None,
+        server={"host": host, "port": port},
+        store={"url": f"sqlite:///{data_dir.resolve() / 'hearth.db'}"},
+        clusters={
+            "local": {
+                "upstreams": [
+                    {
+                        "name": "sim",
+                        "url": f"http://127.0.0.1:{sim_port}/v1",
+                        "api_key": worker_key,
+                    }
+                ]
+            }
+        },
+        auth={"api_keys": [{"owner": "demo", "key": key, "admin": True}]},
+    )
+    shown = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
+    out.print(
+        f"""[bold]Hearth demo[/bold] on http://{shown}:{port}/v1 — model [cyan]{model}[/cyan] is the \
+[yellow]simulated engine[/yellow] (fake text, real timing), not a language model.
+API key: [green]{key}[/green]
+
+from openai import OpenAI
+client = OpenAI(base_url="http://{shown}:{port}/v1", api_key="{key}")
+reply = client.chat.completions.create(
+    model="{model}", messages=[{{"role": "user", "content": "Hello!"}}])
+print(reply.choices[0].message.content)
+""",
+        highlight=False,
+        soft_wrap=True,
+    )
+    try:
+        run(settings)
+    finally:
+        worker.stop()
+
+
+@app.command()
+def sim(
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8001,
+    model: Annotated[str, typer.Option(help="Model name to answer to.")] = "sim-model",
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    ttft_ms: Annotated[float, typer.Option(help="Delay before the first token.")] = 50.0,
+    itl_ms: Annotated[float, typer.Option(help="Delay between tokens.")] = 10.0,
+    max_concurrency: Annotated[int, typer.Option(help="Requests run at once; the rest queue.")] = 64,
+    api_key: Annotated[str | None, typer.Option(help="Require this bearer key on /v1.")] = None,
+) -> None:
+    """Run the simulated engine alone: a vLLM-like OpenAI server producing fake tokens."""
+    from endpoints.engines.sim import SimConfig, run_sim
+
+    run_sim(
+        SimConfig(
+            model=model, ttft_ms=ttft_ms, itl_ms=itl_ms, max_concurrency=max_concurrency, api_key=api_key
+        ),
+        host=host,
+        port=port,
+    )
+
+
+@config_app.command("check")
+def config_check(
+    file: Annotated[Path, typer.Argument(help="The hearth.yaml to validate.")],
+) -> None:
+    """Validate a config file; name each bad key and the reason."""
+    try:
+        settings = load_settings(file)
+    except ConfigError as exc:
+        table = Table("key", "problem", title=f"{exc.source} is not valid", title_style="red")
+        for key, reason in exc.problems:
+            table.add_row(key, reason)
+        out.print(table)
+        raise typer.Exit(1) from None
+    n_up = sum(len(c.upstreams) for c in settings.clusters.values())
+    out.print(
+        f"[green]{file} is valid[/green]: {len(settings.clusters)} cluster(s), {n_up} upstream(s), "
+        f"{len(settings.models)} model rule(s)."
+    )
+
+
+@keys_app.command("create")
+def keys_create(
+    owner: Annotated[str, typer.Option(help="Identity the key acts as.")],
+    name: Annotated[str, typer.Option(help="A label to recognise the key by.")] = "default",
+    expires: Annotated[str | None, typer.Option(help="Lifetime (30d, 12h, 90m) or an ISO date.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Create a key. The key is printed once and only its hash is kept."""
+    from gateway.store.keys import KeyStore
+
+    expires_at = parse_expiry(expires) if expires else None
+
+    async def create() -> tuple[Any, str]:
+        async with _store(config) as db:
+            return await KeyStore(db).create(owner, name, expires_at)
+
+    info, plaintext = asyncio.run(create())
+    out.print(
+        f"Created key [bold]{info.id}[/bold] for {info.owner} ({info.name})"
+        + (f", expires {info.expires_at:%Y-%m-%d %H:%M} UTC" if info.expires_at else "")
+        + "."
+    )
+    out.print("Store it now; it cannot be shown again:")
+    print(plaintext)
+
+
+@keys_app.command("list")
+def keys_list(
+    owner: Annotated[str | None, typer.Option(help="Only this owner's keys.")] = None,
+    all_keys: Annotated[bool, typer.Option("--all", help="Include revoked keys.")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """List keys (never their secrets)."""
+    from gateway.store.keys import KeyStore
+
+    async def fetch() -> list[Any]:
+        async with _store(config) as db:
+            return await KeyStore(db).list(owner, include_revoked=all_keys)
+
+    table = Table("id", "name", "owner", "created", "expires", "last used", "state")
+    for k in asyncio.run(fetch()):
+        state = (
+            "revoked"
+            if k.revoked_at
+            else ("expired" if k.expires_at and k.expires_at <= datetime.now(UTC) else "active")
+        )
+        table.add_row(
+            k.id, k.name, k.owner, _when(k.created_at), _when(k.expires_at), _when(k.last_used_at), state
+        )
+    out.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key id shown by `hearth keys list`.")],
+    config: ConfigOpt = None,
+) -> None:
+    """Revoke a key; it stops working within the key cache TTL on every gateway."""
+    from gateway.store.keys import KeyStore
+
+    async def revoke() -> bool:
+        async with _store(config) as db:
+            return await KeyStore(db).revoke(key_id)
+
+    if not asyncio.run(revoke()):
+        err.print(f"[red]No active key {key_id}.[/red]")
+        raise typer.Exit(1)
+    out.print(f"Revoked {key_id}.")
+
+
+class _store:
+    """The configured store, migrated, for one CLI command."""
+
+    def __init__(self, config: Path | None) -> None:
+        from gateway.store.database import Database
+
+        self.db = Database(_load(config).store.url)
+
+    async def __aenter__(self) -> Any:
+        await self.db.migrate()
+        return self.db
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.db.close()
+
+
+_DURATION = re.compile(r"^(\d+)\s*([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_expiry(text: str, now: datetime | None = None) -> datetime:
+    """'30d' / '12h' / '90m' from now, or an ISO date/time (UTC if no zone)."""
+    now = now or datetime.now(UTC)
+    m = _DURATION.match(text.strip().lower())
+    if m:
+        return now + timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a duration like 30d or an ISO date") from None
+    when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    if when <= now:
+        raise typer.BadParameter(f"{text!r} is in the past")
+    return when
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M") if value else "-"
+
+
+def main() -> None:
+    app(prog_name="hearth")
+
+
+if __name__ == "__main__":
+    main()

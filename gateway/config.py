@@ -1,0 +1,224 @@
+"""Hearth's configuration: one YAML file, validated at start, every key overridable from the
+environment as ``HEARTH_<SECTION>__<KEY>`` (e.g. ``HEARTH_SERVER__PORT=9000``).
+
+Only this module reads the environment. `deploy/hearth.example.yaml` documents every key;
+`hearth config check FILE` runs `load_settings` and prints `describe_errors`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import yaml
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="Larger bodies get 413.")
+    access_log: bool = True
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class StoreSettings(_Section):
+    url: str = "sqlite:///./var/hearth.db"
+    migrate_on_start: bool = True
+    usage_batch_size: int = Field(default=500, ge=1)
+    usage_flush_interval_s: float = Field(default=1.0, gt=0)
+    store_prompts: bool = Field(
+        default=False, description="Reserved: prompts and completions are never stored by default."
+    )
+
+
+class RedisSettings(_Section):
+    url: str | None = None
+
+
+class StaticKey(_Section):
+    """An API key given in the config (e.g. `--api-key`): by value or by its SHA-256 hex digest."""
+
+    owner: str = "local"
+    key: SecretStr | None = None
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    admin: bool = False
+    models: list[str] | None = Field(default=None, description="Models the key may use; all if omitted.")
+
+    @field_validator("sha256")
+    @classmethod
+    def _lower(cls, v: str | None) -> str | None:
+        return v.lower() if v else v
+
+    def model_post_init(self, context: Any, /) -> None:
+        if (self.key is None) == (self.sha256 is None):
+            raise ValueError("give exactly one of `key` or `sha256`")
+
+
+class AuthSettings(_Section):
+    api_keys: list[StaticKey] = Field(default_factory=list)
+    key_cache_ttl_s: float = Field(default=30.0, ge=0, description="How long a verified key is trusted.")
+    negative_cache_ttl_s: float = Field(default=5.0, ge=0)
+
+
+class RelaySettings(_Section):
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    request_timeout_s: float = Field(default=600.0, gt=0, description="Whole non-streaming request.")
+    stream_idle_timeout_s: float = Field(default=120.0, gt=0, description="Longest gap between events.")
+    max_connections: int = Field(default=1000, ge=1)
+    max_attempts: int = Field(default=3, ge=1, description="Upstreams tried before giving up.")
+    failure_cooldown_s: float = Field(default=5.0, ge=0)
+    discovery_interval_s: float = Field(default=30.0, gt=0)
+
+
+class UpstreamSettings(_Section):
+    url: AnyHttpUrl = Field(description="Base URL of an OpenAI-compatible server, ending in /v1.")
+    name: str | None = None
+    api_key: SecretStr | None = None
+    models: list[str] | None = Field(default=None, description="Omit to discover from GET /v1/models.")
+
+    @field_validator("url")
+    @classmethod
+    def _ends_in_v1(cls, v: AnyHttpUrl) -> AnyHttpUrl:
+        if not str(v).rstrip("/").endswith("/v1"):
+            raise ValueError("must end in /v1, e.g. http://host:8000/v1")
+        return v
+
+    @property
+    def base_url(self) -> str:
+        return str(self.url).rstrip("/")
+
+
+class ClusterSettings(_Section):
+    relay: Literal["direct"] = "direct"
+    upstreams: list[UpstreamSettings] = Field(default_factory=list)
+
+
+class ModelSettings(_Section):
+    clusters: list[str] | None = Field(default=None, description="Clusters it may run on; all if omitted.")
+    served_name: str | None = Field(default=None, description="The engine's name for it, if different.")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="HEARTH_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        nested_model_default_partial_update=True,
+    )
+
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    relay: RelaySettings = Field(default_factory=RelaySettings)
+    clusters: dict[str, ClusterSettings] = Field(default_factory=dict)
+    models: dict[str, ModelSettings] = Field(default_factory=dict)
+
+    def model_post_init(self, context: Any, /) -> None:
+        for name, model in self.models.items():
+            for cluster in model.clusters or ():
+                if cluster not in self.clusters:
+                    raise ValueError(f"models.{name}.clusters names unknown cluster {cluster!r}")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Arguments (CLI flags) over environment over the file; no .env files, no secrets dir.
+        return (init_settings, env_settings, _FileSource(settings_cls, cls._file_data))
+
+    _file_data: ClassVar[dict[str, Any]] = {}
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    """The parsed YAML file as a settings source (lowest priority above defaults)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+class ConfigError(Exception):
+    """The config file cannot be used; `problems` lists (key, reason)."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  {key}: {reason}" for key, reason in problems)
+        super().__init__(f"invalid configuration in {source}:\n{lines}")
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from `path` (YAML), the environment over it, and `overrides` (CLI flags) on top.
+
+    Overrides replace whole sections' keys they name: pass nested dicts, e.g.
+    ``server={"port": 9000}``.
+    """
+    data: dict[str, Any] = {}
+    source = str(path) if path else "the environment"
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(source, [("(file)", exc.strerror or str(exc))]) from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(source, [("(file)", f"not valid YAML: {exc}")]) from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(source, [("(file)", "the top level must be a mapping of sections")])
+        data = loaded
+    loaded_cls: type[Settings] = type("LoadedSettings", (Settings,), {"_file_data": data})
+    try:
+        return loaded_cls(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(source, describe_errors(exc)) from None
+    except ValueError as exc:
+        raise ConfigError(source, [("(config)", str(exc))]) from None
+
+
+def describe_errors(exc: ValidationError) -> list[tuple[str, str]]:
+    out = []
+    for err in exc.errors(include_url=False):
+        key = ".".join(str(p) for p in err["loc"]) or "(config)"
+        reason = err["msg"]
+        if err["type"] == "extra_forbidden":
+            reason = "unknown key"
+        out.append((key, reason))
+    return out
+
+
+__all__ = [
+    "AuthSettings",
+    "ClusterSettings",
+    "ConfigError",
+    "ModelSettings",
+    "RedisSettings",
+    "RelaySettings",
+    "ServerSettings",
+    "Settings",
+    "StaticKey",
+    "StoreSettings",
+    "UpstreamSettings",
+    "load_settings",
+]

@@ -1,0 +1,106 @@
+"""Pure ASGI middleware (no BaseHTTPMiddleware overhead) for what every request needs:
+
+- an X-Request-ID: the client's if it is sane, else a new one; on every response, and in
+  ``scope["state"]`` for handlers to pass to the worker;
+- the arrival time, for latency and TTFT;
+- the body size limit: 413 (OpenAI error body) for a body over ``max_body_bytes``, whether
+  declared by Content-Length or discovered while reading a chunked body;
+- one JSON access-log line per request (method, path, status, duration; never headers).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.errors import HearthError, RequestTooLarge
+
+access_log = logging.getLogger("hearth.access")
+
+_SAFE_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, log_requests: bool = True) -> None:
+        self.app = app
+        self.max_body = max_body_bytes
+        self.log_requests = log_requests
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = None
+        length = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id" and _SAFE_ID.match(value):
+                request_id = value.decode()
+            elif name == b"content-length":
+                length = value
+        if request_id is None:
+            request_id = uuid.uuid4().hex
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        state["started"] = started
+        rid_header = (b"x-request-id", request_id.encode())
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), rid_header]
+            await send(message)
+
+        try:
+            if length is not None and (not length.isdigit() or int(length) > self.max_body):
+                await _send_error(send_with_id, self._too_large())
+                return
+            await self.app(scope, self._limited(receive) if length is None else receive, send_with_id)
+        finally:
+            if self.log_requests:
+                access_log.info(
+                    "request",
+                    extra={
+                        "request_id": request_id,
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "status": status,
+                        "duration_ms": round((time.perf_counter() - started) * 1e3, 3),
+                    },
+                )
+
+    def _too_large(self) -> RequestTooLarge:
+        return RequestTooLarge(f"The request body is larger than the limit of {self.max_body} bytes.")
+
+    def _limited(self, receive: Receive) -> Receive:
+        """A receive that raises 413 once a chunked body passes the limit."""
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body:
+                    raise self._too_large()
+            return message
+
+        return limited
+
+
+async def _send_error(send: Send, error: HearthError) -> None:
+    body = orjson.dumps(error.body())
+    headers: list[Any] = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

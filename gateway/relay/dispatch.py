@@ -1,0 +1,294 @@
+"""The dispatcher: send one request to the best deployment, failing over before the first byte.
+
+It asks the router for deployments in order, tries them through the relay, moves on after a
+connect error, timeout or 5xx, and returns the first answer. For streams, an attempt counts as
+answered once the first event has arrived; after that, trouble ends the stream with an error
+event (see `gateway.relay.stream`). Every request, answered or not, becomes one usage record
+and one set of metric observations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from gateway.auth.principal import Principal
+from gateway.errors import (
+    HearthError,
+    PermissionDenied,
+    RateLimited,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from gateway.metrics import GatewayMetrics
+from gateway.relay.base import (
+    BadResponse,
+    ConnectFailed,
+    EventStream,
+    Relay,
+    RelayError,
+    StreamBroken,
+    TimedOut,
+    UpstreamCall,
+    UpstreamReply,
+)
+from gateway.relay.stream import ClientStream, StreamOutcome
+from gateway.routing.catalogue import Deployment
+from gateway.routing.router import Router
+from gateway.store.usage import UsageRecord, UsageRecorder
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    principal: Principal
+    request_id: str
+    endpoint: str  # "chat.completions", "completions", "embeddings"
+    path: str  # below /v1: "chat/completions"
+    started: float  # time.perf_counter() when the request arrived
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        router: Router,
+        relay: Relay,
+        metrics: GatewayMetrics,
+        usage: UsageRecorder | None,
+        *,
+        max_attempts: int = 3,
+    ) -> None:
+        self.router = router
+        self.relay = relay
+        self.metrics = metrics
+        self.usage = usage
+        self.max_attempts = max_attempts
+
+    async def unary(self, ctx: CallContext, payload: dict[str, Any]) -> UpstreamReply:
+        """Relay a non-streaming request; 4xx answers from the worker are passed through."""
+        model = str(payload["model"])
+        last: RelayError | None = None
+        for dep in self._candidates(ctx, model):
+            call = UpstreamCall(ctx.path, _encode(payload, dep), ctx.request_id)
+            with self._in_flight(dep):
+                try:
+                    reply = await self.relay.send(dep.upstream, call)
+                except RelayError as exc:
+                    self._attempt_failed(dep, exc)
+                    last = exc
+                    continue
+                except asyncio.CancelledError:  # the client went away; the worker is told by
+                    self._finish(ctx, dep, 499, 0, 0, None, stream=False)  # the closed socket
+                    raise
+            self.router.succeeded(dep)
+            body = _rename(reply.body, dep)
+            prompt, completion = _usage_of(body) if reply.status == 200 else (0, 0)
+            self._finish(ctx, dep, reply.status, prompt, completion, None, stream=False)
+            return UpstreamReply(reply.status, body, reply.content_type)
+        raise self._exhausted(ctx, model, last)
+
+    async def stream(self, ctx: CallContext, payload: dict[str, Any]) -> ClientStream | UpstreamReply:
+        """Open a stream and return its client-ready events (or a 4xx reply from the worker)."""
+        model = str(payload["model"])
+        options = payload.get("stream_options") or {}
+        wants_usage = bool(options.get("include_usage"))
+        upstream_payload = {**payload, "stream_options": {**options, "include_usage": True}}
+        last: RelayError | None = None
+        for dep in self._candidates(ctx, model):
+            call = UpstreamCall(ctx.path, _encode(upstream_payload, dep), ctx.request_id)
+            labels = (dep.model, dep.upstream.name)
+            self.router.begin(dep)
+            self.metrics.in_flight.labels(*labels).inc()
+            opened: EventStream | UpstreamReply | None = None
+            try:
+                opened = await self.relay.open_stream(dep.upstream, call)
+                if isinstance(opened, UpstreamReply):
+                    self._finish(ctx, dep, opened.status, 0, 0, None, stream=True)
+                    self._end(dep)
+                    return opened
+                events = aiter(opened)
+                first = await anext(events, None)
+                if first is None:
+                    raise StreamBroken(dep.upstream, "the stream ended before any event")
+            except RelayError as exc:
+                if isinstance(opened, EventStream):
+                    await opened.aclose()
+                self._end(dep)
+                self._attempt_failed(dep, exc)
+                last = exc
+                continue
+            except BaseException:
+                if isinstance(opened, EventStream):
+                    await opened.aclose()
+                self._end(dep)
+                raise
+            self.router.succeeded(dep)
+
+            def closed(outcome: StreamOutcome, dep: Deployment = dep) -> None:
+                self._end(dep)
+                self._finish(
+                    ctx,
+                    dep,
+                    outcome.status,
+                    outcome.prompt_tokens,
+                    outcome.completion_tokens,
+                    outcome.ttft_s,
+                    stream=True,
+                )
+
+            return ClientStream(
+                opened,
+                events,
+                first,
+                started=ctx.started,
+                client_wants_usage=wants_usage,
+                renames=_renames(dep),
+                on_close=closed,
+            )
+        raise self._exhausted(ctx, model, last)
+
+    def _candidates(self, ctx: CallContext, model: str) -> list[Deployment]:
+        deployments = self.router.candidates(model)  # ModelNotFound first: 404 before 403
+        if not ctx.principal.may_use(model):
+            raise PermissionDenied(f"Your credentials may not use the model `{model}`.", param="model")
+        return deployments[: self.max_attempts]
+
+    def _in_flight(self, dep: Deployment) -> _InFlight:
+        return _InFlight(self, dep)
+
+    def _end(self, dep: Deployment) -> None:
+        self.router.end(dep)
+        self.metrics.in_flight.labels(dep.model, dep.upstream.name).dec()
+
+    def _attempt_failed(self, dep: Deployment, exc: RelayError) -> None:
+        self.router.failed(dep)
+        self.metrics.upstream_failures.labels(dep.upstream.name, exc.reason).inc()
+
+    def _exhausted(self, ctx: CallContext, model: str, last: RelayError | None) -> HearthError:
+        error: HearthError
+        if last is None:
+            error = UpstreamUnavailable(f"No worker is available for model `{model}`.")
+        elif isinstance(last, TimedOut):
+            error = UpstreamTimeout(f"The worker for `{model}` timed out ({last}).")
+        elif isinstance(last, BadResponse) and last.status == 429:
+            error = RateLimited(
+                f"Every worker for `{model}` is at capacity; retry shortly.", headers={"Retry-After": "1"}
+            )
+        elif isinstance(last, BadResponse) and last.status == 503:
+            error = UpstreamUnavailable(f"The workers for `{model}` are unavailable ({last}).")
+        elif isinstance(last, ConnectFailed):
+            error = UpstreamError(
+                f"Could not reach a worker for `{model}` ({last}).", code="upstream_unreachable"
+            )
+        else:
+            error = UpstreamError(f"The worker for `{model}` failed ({last}).")
+        self.metrics.requests.labels(ctx.endpoint, model, "", str(error.status)).inc()
+        self._record(ctx, model, "", "", error.status, 0, 0, None, stream=False)
+        return error
+
+    def _finish(
+        self,
+        ctx: CallContext,
+        dep: Deployment,
+        status: int,
+        prompt: int,
+        completion: int,
+        ttft_s: float | None,
+        *,
+        stream: bool,
+    ) -> None:
+        m = self.metrics
+        up = dep.upstream.name
+        m.requests.labels(ctx.endpoint, dep.model, up, str(status)).inc()
+        m.latency.labels(ctx.endpoint, dep.model, up).observe(time.perf_counter() - ctx.started)
+        if ttft_s is not None:
+            m.ttft.labels(dep.model, up).observe(ttft_s)
+        if prompt:
+            m.tokens.labels(dep.model, up, "prompt").inc(prompt)
+        if completion:
+            m.tokens.labels(dep.model, up, "completion").inc(completion)
+        self._record(
+            ctx, dep.model, dep.upstream.cluster, up, status, prompt, completion, ttft_s, stream=stream
+        )
+
+    def _record(
+        self,
+        ctx: CallContext,
+        model: str,
+        cluster: str,
+        upstream: str,
+        status: int,
+        prompt: int,
+        completion: int,
+        ttft_s: float | None,
+        *,
+        stream: bool,
+    ) -> None:
+        if self.usage is None:
+            return
+        self.usage.record(
+            UsageRecord(
+                ts=datetime.now(UTC),
+                request_id=ctx.request_id,
+                user=ctx.principal.user,
+                api_key_id=ctx.principal.key_id,
+                model=model,
+                cluster=cluster,
+                upstream=upstream,
+                endpoint=ctx.endpoint,
+                status=status,
+                prompt_tokens=prompt,
+                completion_tokens=completion,
+                latency_ms=(time.perf_counter() - ctx.started) * 1000.0,
+                ttft_ms=None if ttft_s is None else ttft_s * 1000.0,
+                stream=stream,
+            )
+        )
+
+
+class _InFlight:
+    __slots__ = ("_d", "_dep")
+
+    def __init__(self, dispatcher: Dispatcher, dep: Deployment) -> None:
+        self._d = dispatcher
+        self._dep = dep
+
+    def __enter__(self) -> None:
+        self._d.router.begin(self._dep)
+        self._d.metrics.in_flight.labels(self._dep.model, self._dep.upstream.name).inc()
+
+    def __exit__(self, *exc: object) -> None:
+        self._d._end(self._dep)
+
+
+def _encode(payload: dict[str, Any], dep: Deployment) -> bytes:
+    if dep.upstream_model != payload["model"]:
+        payload = {**payload, "model": dep.upstream_model}
+    return orjson.dumps(payload)
+
+
+def _renames(dep: Deployment) -> tuple[tuple[bytes, bytes], ...]:
+    """Byte replacements that put the public model name in the worker's answers."""
+    if dep.upstream_model == dep.model:
+        return ()
+    old, new = orjson.dumps(dep.upstream_model), orjson.dumps(dep.model)
+    return ((b'"model":' + old, b'"model":' + new), (b'"model": ' + old, b'"model": ' + new))
+
+
+def _rename(body: bytes, dep: Deployment) -> bytes:
+    for old, new in _renames(dep):
+        body = body.replace(old, new)
+    return body
+
+
+def _usage_of(body: bytes) -> tuple[int, int]:
+    try:
+        usage = orjson.loads(body).get("usage") or {}
+        return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+        return 0, 0

@@ -1,0 +1,107 @@
+"""The catalogue: which model is served by which upstreams.
+
+Built from the config. Upstreams that list their models in the config are taken at their
+word; the others are asked (GET /v1/models) at start-up and every `discovery_interval_s`.
+A model that an upstream stops listing disappears; an upstream that cannot be reached keeps
+its last known models, so its trouble shows as 502/503 (fail over) rather than 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from gateway.relay.base import Relay, RelayError, Upstream
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """A model (by its public name) served by one upstream under `upstream_model`."""
+
+    model: str
+    upstream: Upstream
+    upstream_model: str
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSource:
+    upstream: Upstream
+    models: tuple[str, ...] | None  # None: discover
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRule:
+    """Admin rules for a public model name: where it may run, what the engine calls it."""
+
+    clusters: frozenset[str] | None = None
+    served_name: str | None = None
+
+
+class Catalogue:
+    def __init__(
+        self,
+        sources: Iterable[UpstreamSource],
+        relay: Relay,
+        rules: dict[str, ModelRule] | None = None,
+    ) -> None:
+        self._sources = list(sources)
+        self._relay = relay
+        self._rules = rules or {}
+        self._served: dict[str, tuple[str, ...]] = {
+            s.upstream.name: s.models for s in self._sources if s.models is not None
+        }
+        self._by_model: dict[str, tuple[Deployment, ...]] = {}
+        self._created: dict[str, int] = {}
+        self._rebuild()
+
+    def deployments(self, model: str) -> tuple[Deployment, ...]:
+        return self._by_model.get(model, ())
+
+    def models(self) -> list[tuple[str, int]]:
+        """(public model name, first-seen unix time), sorted by name."""
+        return [(m, self._created[m]) for m in sorted(self._by_model)]
+
+    async def refresh(self) -> None:
+        """Ask every discovering upstream for its models, concurrently."""
+        discovering = [s.upstream for s in self._sources if s.models is None]
+        results = await asyncio.gather(
+            *(self._relay.list_models(u) for u in discovering), return_exceptions=True
+        )
+        for upstream, result in zip(discovering, results, strict=True):
+            if isinstance(result, RelayError):
+                log.warning(
+                    "model discovery failed", extra={"upstream": upstream.name, "reason": result.detail}
+                )
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                self._served[upstream.name] = tuple(result)
+        self._rebuild()
+
+    async def run_discovery(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            await self.refresh()
+
+    def _rebuild(self) -> None:
+        by_model: dict[str, list[Deployment]] = {}
+        served_to_public = {r.served_name: name for name, r in self._rules.items() if r.served_name}
+        for source in self._sources:
+            up = source.upstream
+            for served in self._served.get(up.name, ()):
+                public = served_to_public.get(served, served)
+                rule = self._rules.get(public)
+                if self._rules and rule is None:
+                    continue  # the config names its models: serve only those
+                if rule is not None and rule.clusters is not None and up.cluster not in rule.clusters:
+                    continue
+                by_model.setdefault(public, []).append(Deployment(public, up, served))
+        now = int(time.time())
+        for model in by_model:
+            self._created.setdefault(model, now)
+        self._by_model = {m: tuple(d) for m, d in by_model.items()}

@@ -1,0 +1,68 @@
+"""The router: in which order to try the deployments of a model.
+
+Least in-flight first (ties broken round-robin), so load spreads over equal upstreams; an
+upstream that just failed is put behind the others for `cooldown_s` (a circuit breaker),
+but is still tried last rather than refusing the request outright.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+from gateway.errors import ModelNotFound
+from gateway.routing.catalogue import Catalogue, Deployment
+
+
+class Router:
+    def __init__(self, catalogue: Catalogue, *, cooldown_s: float = 5.0, failure_threshold: int = 1) -> None:
+        self.catalogue = catalogue
+        self._cooldown = cooldown_s
+        self._threshold = failure_threshold
+        self._in_flight: dict[str, int] = {}
+        self._failures: dict[str, int] = {}
+        self._open_until: dict[str, float] = {}
+        self._tick = itertools.count()
+
+    def candidates(self, model: str) -> list[Deployment]:
+        """Deployments to try, best first. Raises ModelNotFound for an unknown model."""
+        deployments = self.catalogue.deployments(model)
+        if not deployments:
+            raise ModelNotFound(model)
+        if len(deployments) == 1:
+            return list(deployments)
+        now = time.monotonic()
+        n = len(deployments)
+        offset = next(self._tick) % n
+        rotated = deployments[offset:] + deployments[:offset]
+        return sorted(
+            rotated,
+            key=lambda d: (
+                self._open_until.get(d.upstream.name, 0.0) > now,
+                self._in_flight.get(d.upstream.name, 0),
+            ),
+        )
+
+    def begin(self, deployment: Deployment) -> None:
+        """Count a request in flight at `deployment` (until `end`)."""
+        name = deployment.upstream.name
+        self._in_flight[name] = self._in_flight.get(name, 0) + 1
+
+    def end(self, deployment: Deployment) -> None:
+        self._in_flight[deployment.upstream.name] -= 1
+
+    def in_flight(self, upstream_name: str) -> int:
+        return self._in_flight.get(upstream_name, 0)
+
+    def succeeded(self, deployment: Deployment) -> None:
+        name = deployment.upstream.name
+        if self._failures.get(name):
+            self._failures[name] = 0
+            self._open_until.pop(name, None)
+
+    def failed(self, deployment: Deployment) -> None:
+        name = deployment.upstream.name
+        count = self._failures.get(name, 0) + 1
+        self._failures[name] = count
+        if count >= self._threshold:
+            self._open_until[name] = time.monotonic() + self._cooldown

@@ -1,0 +1,28 @@
+"""Run the gateway on uvicorn (uvloop + httptools when available)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import uvicorn
+
+from gateway.app import create_app
+from gateway.config import Settings
+from gateway.logs import configure_logging
+
+
+def serve(settings: Settings) -> None:
+    configure_logging(settings.server.log_level)
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.server.host,
+        port=settings.server.port,
+        loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        access_log=False,  # the gateway writes its own JSON access log
+        log_config=None,
+        lifespan="on",
+        timeout_keep_alive=75,
+        server_header=False,
+    )
+    uvicorn.Server(config).run()
