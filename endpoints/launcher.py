@@ -23,13 +23,15 @@ class LaunchError(RuntimeError):
 class LocalProcess:
     """A worker process that is ready once GET `health_url` answers 200."""
 
-    def __init__(self, argv: Sequence[str], health_url: str) -> None:
+    def __init__(self, argv: Sequence[str], health_url: str, *, quiet: bool = False) -> None:
         self.argv = list(argv)
         self.health_url = health_url
+        self.quiet = quiet  # discard the worker's output
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = 30.0) -> None:
-        self.proc = subprocess.Popen(self.argv, start_new_session=True)
+        out = subprocess.DEVNULL if self.quiet else None
+        self.proc = subprocess.Popen(self.argv, start_new_session=True, stdout=out, stderr=out)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

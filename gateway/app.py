@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from gateway.api import errors, openai, status
+from gateway.api.fastlane import FastLane
 from gateway.config import Settings
 from gateway.middleware import RequestContextMiddleware
 from gateway.services import Services
@@ -40,5 +41,6 @@ def create_app(settings: Settings) -> FastAPI:
         RequestContextMiddleware,
         max_body_bytes=settings.server.max_body_bytes,
         log_requests=settings.server.access_log,
+        fast_lane=FastLane(services),
     )
     return app

@@ -45,6 +45,12 @@ def serve(
     upstream: Annotated[
         list[str] | None, typer.Option(help="An OpenAI-compatible base URL ending in /v1; repeatable.")
     ] = None,
+    upstream_api_key: Annotated[
+        str | None,
+        typer.Option(
+            help="Bearer key the upstreams require (vLLM --api-key).", envvar="HEARTH_UPSTREAM_API_KEY"
+        ),
+    ] = None,
     api_key: Annotated[
         str | None,
         typer.Option(help="Accept this key (in addition to stored keys).", envvar="HEARTH_API_KEY"),
@@ -60,7 +66,10 @@ def serve(
     if server:
         overrides["server"] = server
     if upstream:
-        overrides["clusters"] = {"upstream": {"upstreams": [{"url": u} for u in upstream]}}
+        entries = [
+            {"url": u, **({"api_key": upstream_api_key} if upstream_api_key else {})} for u in upstream
+        ]
+        overrides["clusters"] = {"upstream": {"upstreams": entries}}
     if api_key:
         overrides["auth"] = {"api_keys": [{"owner": "local", "key": api_key, "admin": True}]}
     settings = _load(config, **overrides)

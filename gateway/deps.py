@@ -10,7 +10,7 @@ from gateway.auth.principal import Principal
 from gateway.services import Services
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:  # async: a sync dependency costs a thread hop
     services: Services = request.app.state.services
     return services
 

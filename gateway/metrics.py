@@ -6,7 +6,12 @@ model names from the catalogue, upstream names from the config, endpoint names f
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
+
+MetricT = TypeVar("MetricT", bound=MetricWrapperBase)
 
 # Latency buckets from 1 ms (gateway overhead) to 10 min (long generations).
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -15,6 +20,7 @@ _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 
 class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[int, tuple[str, ...]], object] = {}
         r = self.registry
         self.requests = Counter(
             "hearth_requests",
@@ -64,6 +70,14 @@ class GatewayMetrics:
             "Usage records waiting to be written.",
             registry=r,
         )
+
+    def child(self, metric: MetricT, *labels: str) -> MetricT:
+        """`metric.labels(*labels)`, memoised: prometheus_client's lookup takes a lock each time."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found  # type: ignore[return-value]
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -14,12 +14,15 @@ import logging
 import re
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import HearthError, RequestTooLarge
+
+if TYPE_CHECKING:
+    from gateway.api.fastlane import FastLane
 
 access_log = logging.getLogger("hearth.access")
 
@@ -27,8 +30,16 @@ _SAFE_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, log_requests: bool = True) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        log_requests: bool = True,
+        fast_lane: FastLane | None = None,
+    ) -> None:
         self.app = app
+        self.fast_lane = fast_lane
         self.max_body = max_body_bytes
         self.log_requests = log_requests
 
@@ -63,7 +74,8 @@ class RequestContextMiddleware:
             if length is not None and (not length.isdigit() or int(length) > self.max_body):
                 await _send_error(send_with_id, self._too_large())
                 return
-            await self.app(scope, self._limited(receive) if length is None else receive, send_with_id)
+            app = self.fast_lane if self.fast_lane is not None and self.fast_lane.handles(scope) else self.app
+            await app(scope, self._limited(receive) if length is None else receive, send_with_id)
         finally:
             if self.log_requests:
                 access_log.info(

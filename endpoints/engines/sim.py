@@ -8,6 +8,10 @@ counts, embeddings are hashes. Timing is the only thing modelled: a request wait
 for one of `max_concurrency` slots (vLLM's `max_num_seqs`), then takes `ttft_ms` before its
 first token and `itl_ms` between tokens. `/metrics` carries vLLM's metric names.
 
+This module is the server: its config, routes, timing, and CLI. The request and response
+shapes are in `endpoints.engines.sim_protocol`, the slots and metrics in
+`endpoints.engines.sim_metrics`.
+
 Run it with `python -m endpoints.engines.sim --port 8000 --model sim-model`.
 """
 
@@ -15,26 +19,37 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
-import hashlib
 import hmac
 import logging
-import math
 import signal
-import struct
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from http import HTTPStatus
-from typing import Any
 
 import orjson
 from aiohttp import web
 
 from endpoints.engines.sim_metrics import METRICS_CONTENT_TYPE, SimState
+from endpoints.engines.sim_protocol import (
+    DONE_EVENT,
+    Job,
+    SimRequestError,
+    StreamChunks,
+    chat_prompt_tokens,
+    check_model,
+    completion_body,
+    count_tokens,
+    embeddings_body,
+    error_body,
+    model_list,
+    parse_body,
+    parse_embedding_job,
+    parse_job,
+    prompts,
+    token_text,
+)
 
 __all__ = [
     "SIM_CONFIG",
@@ -48,20 +63,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-JSONObject = dict[str, Any]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-# The simulated text, one word per token; read in a row it says what it is.
-_WORDS = ("simulated", "output", "from", "hearth-sim,", "not", "a", "real", "model.")
-_TOKENS = tuple(" " + w for w in _WORDS)  # every token after the first starts with a space
-
-# Where the HTTP phrase does not give the name the OpenAI SDK uses (404 → NotFoundError does).
-_ERROR_TYPES = {
-    401: "AuthenticationError",
-    403: "PermissionDeniedError",
-    429: "RateLimitError",
-    500: "InternalServerError",
-}
 
 
 @dataclass(frozen=True)
@@ -95,32 +97,14 @@ SIM_STATE = web.AppKey("hearth_sim_state", SimState)
 # ---------------------------------------------------------------- errors
 
 
-class SimRequestError(Exception):
-    """A request the simulator refuses; rendered as an OpenAI error body."""
-
-    def __init__(
-        self, status: int, message: str, *, param: str | None = None, code: str | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
+def _json(obj: object, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(obj), status=status, content_type="application/json")
 
 
 def _error_response(
     status: int, message: str, param: str | None = None, code: str | None = None
 ) -> web.Response:
-    """The OpenAI error body; `type` uses vLLM's names (BadRequestError, NotFoundError …)."""
-    kind = _ERROR_TYPES.get(status)
-    if kind is None:
-        try:
-            kind = HTTPStatus(status).phrase.replace(" ", "") + "Error"
-        except ValueError:
-            kind = "Error"
-    error = {"message": message, "type": kind, "param": param, "code": code}
-    return _json({"error": error}, status=status)
-
-
-def _json(obj: object, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(obj), status=status, content_type="application/json")
+    return _json(error_body(status, message, param, code), status=status)
 
 
 @web.middleware
@@ -152,136 +136,7 @@ async def _add_request_id(request: web.Request, response: web.StreamResponse) ->
     response.headers["X-Request-ID"] = request.headers.get("X-Request-ID") or uuid.uuid4().hex
 
 
-# ---------------------------------------------------------------- reading requests
-
-
-async def _read_body(request: web.Request) -> JSONObject:
-    try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError as exc:
-        raise SimRequestError(400, f"Invalid JSON in the request body: {exc}") from None
-    if not isinstance(body, dict):
-        raise SimRequestError(400, "The request body must be a JSON object.")
-    return body
-
-
-def _check_model(body: JSONObject, config: SimConfig) -> None:
-    model = body.get("model")
-    if model is not None and model != config.model:
-        raise SimRequestError(
-            404, f"The model `{model}` does not exist.", param="model", code="model_not_found"
-        )
-
-
-def _int(body: JSONObject, key: str, default: int) -> int:
-    value = body.get(key)
-    if value is None:
-        return default
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise SimRequestError(400, f"`{key}` must be an integer >= 1, got {value!r}.", param=key)
-    return value
-
-
-def _is_token_ids(value: object) -> bool:
-    return isinstance(value, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in value)
-
-
-def _prompts(value: object, param: str) -> list[str | list[int]]:
-    """One or more prompts: a string, strings, token ids, or lists of token ids."""
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list) and value:
-        if all(isinstance(p, str) for p in value) or all(_is_token_ids(p) for p in value):
-            return list(value)
-        if _is_token_ids(value):
-            return [value]
-    raise SimRequestError(
-        400,
-        f"`{param}` must be a string, a list of strings, a list of token ids "
-        "or a list of lists of token ids.",
-        param=param,
-    )
-
-
-def _count(prompt: str | list[int]) -> int:
-    """Tokens in a prompt: whitespace-separated words, or token ids; at least 1."""
-    return max(len(prompt.split()) if isinstance(prompt, str) else len(prompt), 1)
-
-
-def _chat_prompt_tokens(body: JSONObject) -> int:
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise SimRequestError(400, "`messages` must be a non-empty list.", param="messages")
-    words = 0
-    for message in messages:
-        if not isinstance(message, dict):
-            raise SimRequestError(400, "Each message must be an object.", param="messages")
-        content = message.get("content")
-        if isinstance(content, str):
-            words += len(content.split())
-        elif isinstance(content, list):
-            for part in content:
-                if isinstance(part, dict) and isinstance(part.get("text"), str):
-                    words += len(part["text"].split())
-        elif content is not None:
-            raise SimRequestError(400, "Message content must be a string or a list of parts.")
-    return max(words, 1)
-
-
-@dataclass(frozen=True)
-class _Job:
-    """One chat or completion request, validated."""
-
-    chat: bool
-    prompt_tokens: int  # all prompts together
-    max_tokens: int
-    choices: int  # prompts x n
-    stream: bool
-    include_usage: bool
-
-
-def _job(body: JSONObject, config: SimConfig, chat: bool, prompt_lengths: list[int]) -> _Job:
-    """Validate the generation parameters; unset max_tokens means the default, fitted to room."""
-    longest = max(prompt_lengths)
-    key = "max_completion_tokens" if chat and body.get("max_completion_tokens") else "max_tokens"
-    room = config.max_model_len - longest
-    max_tokens = _int(body, key, max(min(config.default_max_tokens, room), 1))
-    if longest + max_tokens > config.max_model_len:
-        raise SimRequestError(
-            400,
-            f"This model's maximum context length is {config.max_model_len} tokens. However, "
-            f"you requested {longest + max_tokens} tokens ({longest} in the messages, "
-            f"{max_tokens} in the completion). Please reduce the length of the messages "
-            "or completion.",
-        )
-    n = _int(body, "n", 1)
-    stream = bool(body.get("stream"))
-    options = body.get("stream_options")
-    if options is not None and not stream:
-        raise SimRequestError(
-            400, "Stream options can only be defined when `stream=True`.", param="stream_options"
-        )
-    include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
-    return _Job(chat, sum(prompt_lengths), max_tokens, n * len(prompt_lengths), stream, include_usage)
-
-
 # ---------------------------------------------------------------- generating
-
-
-def _token(i: int) -> str:
-    return _TOKENS[i % len(_TOKENS)] if i else _WORDS[0]
-
-
-def _text(num_tokens: int) -> str:
-    return "".join(_token(i) for i in range(num_tokens))
-
-
-def _usage(prompt_tokens: int, completion_tokens: int) -> JSONObject:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
 
 
 @contextlib.asynccontextmanager
@@ -306,7 +161,7 @@ async def _sleep_ms(ms: float) -> None:
         await asyncio.sleep(ms / 1000)
 
 
-async def _generate(request: web.Request, job: _Job) -> web.StreamResponse:
+async def _generate(request: web.Request, job: Job) -> web.StreamResponse:
     config, state = request.app[SIM_CONFIG], request.app[SIM_STATE]
     if job.stream:
         return await _stream(request, job, config, state)
@@ -316,38 +171,10 @@ async def _generate(request: web.Request, job: _Job) -> web.StreamResponse:
         await _sleep_ms((job.max_tokens - 1) * config.itl_ms)  # the same total time as a stream
         state.generation_tokens += job.max_tokens * job.choices
         state.record_success("length")
-    text = _text(job.max_tokens)
-    if job.chat:
-        kind, prefix = "chat.completion", "chatcmpl-"
-        choices = [
-            {
-                "index": i,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": None,
-                "finish_reason": "length",
-                "stop_reason": None,
-            }
-            for i in range(job.choices)
-        ]
-    else:
-        kind, prefix = "text_completion", "cmpl-"
-        choices = [
-            {"index": i, "text": text, "logprobs": None, "finish_reason": "length", "stop_reason": None}
-            for i in range(job.choices)
-        ]
-    return _json(
-        {
-            "id": prefix + uuid.uuid4().hex,
-            "object": kind,
-            "created": int(time.time()),
-            "model": config.model,
-            "choices": choices,
-            "usage": _usage(job.prompt_tokens, job.max_tokens * job.choices),
-        }
-    )
+    return _json(completion_body(job, config.model))
 
 
-async def _stream(request: web.Request, job: _Job, config: SimConfig, state: SimState) -> web.StreamResponse:
+async def _stream(request: web.Request, job: Job, config: SimConfig, state: SimState) -> web.StreamResponse:
     """Server-sent events as vLLM writes them, each sent the moment its token is due.
 
     The words repeat, so each distinct chunk is encoded once per request; with `itl_ms` 0
@@ -357,26 +184,7 @@ async def _stream(request: web.Request, job: _Job, config: SimConfig, state: Sim
         headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
     )
     await response.prepare(request)  # headers go out before the request waits for a slot
-    head: JSONObject = {
-        "id": ("chatcmpl-" if job.chat else "cmpl-") + uuid.uuid4().hex,
-        "object": "chat.completion.chunk" if job.chat else "text_completion",
-        "created": int(time.time()),
-        "model": config.model,
-    }
-    usage_null: JSONObject = {"usage": None} if job.include_usage else {}
-
-    def events(fields: JSONObject) -> bytes:
-        """One chunk per choice (vLLM never puts two choices in one chunk)."""
-        return b"".join(
-            b"data: " + orjson.dumps({**head, "choices": [{"index": c, **fields}], **usage_null}) + b"\n\n"
-            for c in range(job.choices)
-        )
-
-    def token_events(text: str, last: bool) -> bytes:
-        body = {"delta": {"content": text}} if job.chat else {"text": text}
-        end = {"finish_reason": "length", "stop_reason": None} if last else {"finish_reason": None}
-        return events({**body, "logprobs": None, **end})
-
+    chunks = StreamChunks(job, config.model)
     encoded: dict[str, bytes] = {}
     pending: list[bytes] = []
     try:
@@ -384,25 +192,23 @@ async def _stream(request: web.Request, job: _Job, config: SimConfig, state: Sim
             await _sleep_ms(config.ttft_ms)
             state.prompt_tokens += job.prompt_tokens
             if job.chat:
-                role = {"role": "assistant", "content": ""}
-                pending.append(events({"delta": role, "logprobs": None, "finish_reason": None}))
+                pending.append(chunks.role())
             for i in range(job.max_tokens):
                 if i and config.itl_ms > 0:
                     await response.write(b"".join(pending))
                     pending.clear()
                     await _sleep_ms(config.itl_ms)
-                text = _token(i)
+                text = token_text(i)
                 if i == job.max_tokens - 1:
-                    pending.append(token_events(text, last=True))
+                    pending.append(chunks.token(text, last=True))
                 else:
                     if text not in encoded:
-                        encoded[text] = token_events(text, last=False)
+                        encoded[text] = chunks.token(text, last=False)
                     pending.append(encoded[text])
                 state.generation_tokens += job.choices
             if job.include_usage:
-                usage = _usage(job.prompt_tokens, job.max_tokens * job.choices)
-                pending.append(b"data: " + orjson.dumps({**head, "choices": [], "usage": usage}) + b"\n\n")
-            pending.append(b"data: [DONE]\n\n")
+                pending.append(chunks.usage())
+            pending.append(DONE_EVENT)
             await response.write(b"".join(pending))
             state.record_success("length")
         await response.write_eof()
@@ -425,82 +231,48 @@ async def _metrics(request: web.Request) -> web.Response:
 
 async def _models(request: web.Request) -> web.Response:
     config, state = request.app[SIM_CONFIG], request.app[SIM_STATE]
-    card = {
-        "id": config.model,
-        "object": "model",
-        "created": state.started,
-        "owned_by": "hearth-sim",
-        "root": config.model,
-        "parent": None,
-        "max_model_len": config.max_model_len,
-    }
-    return _json({"object": "list", "data": [card]})
+    return _json(model_list(config.model, state.started, config.max_model_len))
 
 
 async def _chat_completions(request: web.Request) -> web.StreamResponse:
     config = request.app[SIM_CONFIG]
-    body = await _read_body(request)
-    _check_model(body, config)
-    return await _generate(request, _job(body, config, True, [_chat_prompt_tokens(body)]))
+    body = parse_body(await request.read())
+    check_model(body, config.model)
+    job = parse_job(
+        body,
+        True,
+        [chat_prompt_tokens(body)],
+        max_model_len=config.max_model_len,
+        default_max_tokens=config.default_max_tokens,
+    )
+    return await _generate(request, job)
 
 
 async def _completions(request: web.Request) -> web.StreamResponse:
     config = request.app[SIM_CONFIG]
-    body = await _read_body(request)
-    _check_model(body, config)
-    lengths = [_count(p) for p in _prompts(body.get("prompt"), "prompt")]
-    return await _generate(request, _job(body, config, False, lengths))
-
-
-def _embedding(item: str | list[int], dim: int) -> bytes:
-    """A unit vector from a hash of the input, as little-endian float32 bytes."""
-    raw = hashlib.shake_256(orjson.dumps(item)).digest(4 * dim)
-    vec = [x / 2**31 - 1.0 for x in struct.unpack(f"<{dim}I", raw)]
-    norm = math.sqrt(sum(v * v for v in vec)) or 1.0
-    return struct.pack(f"<{dim}f", *(v / norm for v in vec))
+    body = parse_body(await request.read())
+    check_model(body, config.model)
+    lengths = [count_tokens(p) for p in prompts(body.get("prompt"), "prompt")]
+    job = parse_job(
+        body,
+        False,
+        lengths,
+        max_model_len=config.max_model_len,
+        default_max_tokens=config.default_max_tokens,
+    )
+    return await _generate(request, job)
 
 
 async def _embeddings(request: web.Request) -> web.Response:
     config, state = request.app[SIM_CONFIG], request.app[SIM_STATE]
-    body = await _read_body(request)
-    _check_model(body, config)
-    inputs = _prompts(body.get("input"), "input")
-    fmt = body.get("encoding_format") or "float"
-    if fmt not in ("float", "base64"):
-        raise SimRequestError(400, "`encoding_format` must be 'float' or 'base64'.", param="encoding_format")
-    tokens = [_count(item) for item in inputs]
-    for length in tokens:
-        if length > config.max_model_len:
-            raise SimRequestError(
-                400,
-                f"This model's maximum context length is {config.max_model_len} tokens. However, "
-                f"you requested {length} tokens in the input for embedding generation. Please "
-                "reduce the length of the input.",
-            )
+    body = parse_body(await request.read())
+    check_model(body, config.model)
+    job = parse_embedding_job(body, config.max_model_len)
     async with _slot(state):
         await _sleep_ms(config.ttft_ms)  # an embedding is one prefill
-        state.prompt_tokens += sum(tokens)
+        state.prompt_tokens += job.prompt_tokens
         state.record_success("stop")
-    data = []
-    for i, item in enumerate(inputs):
-        packed = _embedding(item, config.embedding_dim)
-        vector: object = (
-            base64.b64encode(packed).decode()
-            if fmt == "base64"
-            else list(struct.unpack(f"<{config.embedding_dim}f", packed))
-        )
-        data.append({"object": "embedding", "index": i, "embedding": vector})
-    usage = {"prompt_tokens": sum(tokens), "total_tokens": sum(tokens)}
-    return _json(
-        {
-            "id": "embd-" + uuid.uuid4().hex,
-            "object": "list",
-            "created": int(time.time()),
-            "model": config.model,
-            "data": data,
-            "usage": usage,
-        }
-    )
+    return _json(embeddings_body(job, config.embedding_dim, config.model))
 
 
 def create_sim_app(config: SimConfig) -> web.Application:

@@ -49,12 +49,17 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(error)
 
 
-async def _unexpected(request: Request, exc: Exception) -> Response:
+def internal_error_response(request: Request) -> Response:
+    """500 without details for the client; the traceback goes to the log with the request id."""
     request_id = request.scope.get("state", {}).get("request_id", "")
     log.exception("unhandled error", extra={"request_id": request_id})
     return error_response(
         InternalError(f"The gateway hit an internal error. Quote request id {request_id} when reporting it.")
     )
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    return internal_error_response(request)
 
 
 def install(app: FastAPI) -> None:

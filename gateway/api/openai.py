@@ -14,10 +14,12 @@ from starlette.responses import Response
 
 from gateway.api.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, validate
 from gateway.api.responses import ClientDisconnected, SSEResponse, cancel_on_disconnect, reply_response
+from gateway.auth.principal import Principal
 from gateway.deps import CurrentPrincipal, ServicesDep
 from gateway.errors import InvalidRequest, ModelNotFound
 from gateway.relay.base import UpstreamReply
 from gateway.relay.dispatch import CallContext
+from gateway.services import Services
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -40,26 +42,33 @@ async def retrieve_model(model_id: str, principal: CurrentPrincipal, services: S
 
 @router.post("/chat/completions")
 async def chat_completions(request: Request, principal: CurrentPrincipal, services: ServicesDep) -> Response:
-    return await _generate(request, principal, services, ChatCompletionRequest, "chat.completions")
+    return await generate(request, principal, services, ChatCompletionRequest, "chat.completions")
 
 
 @router.post("/completions")
 async def completions(request: Request, principal: CurrentPrincipal, services: ServicesDep) -> Response:
-    return await _generate(request, principal, services, CompletionRequest, "completions")
+    return await generate(request, principal, services, CompletionRequest, "completions")
 
 
 @router.post("/embeddings")
 async def embeddings(request: Request, principal: CurrentPrincipal, services: ServicesDep) -> Response:
-    return await _generate(request, principal, services, EmbeddingRequest, "embeddings")
+    return await generate(request, principal, services, EmbeddingRequest, "embeddings")
 
 
-async def _generate(
-    request: Request,
-    principal: CurrentPrincipal,
-    services: ServicesDep,
-    schema: type[ChatCompletionRequest | CompletionRequest | EmbeddingRequest],
-    endpoint: str,
+GenerationSchema = type[ChatCompletionRequest | CompletionRequest | EmbeddingRequest]
+
+# The inference routes by path: (request schema, endpoint name). Also served by the fast lane.
+GENERATION_ROUTES: dict[str, tuple[GenerationSchema, str]] = {
+    "/v1/chat/completions": (ChatCompletionRequest, "chat.completions"),
+    "/v1/completions": (CompletionRequest, "completions"),
+    "/v1/embeddings": (EmbeddingRequest, "embeddings"),
+}
+
+
+async def generate(
+    request: Request, principal: Principal, services: Services, schema: GenerationSchema, endpoint: str
 ) -> Response:
+    """Read, validate, relay; answer with JSON or SSE. The body of every inference route."""
     payload = await read_json(request)
     validate(schema, payload)
     state = request.scope["state"]

@@ -49,21 +49,31 @@ async def _wait_disconnect(receive: Receive) -> None:
 
 
 async def cancel_on_disconnect(request: Request, work: Coroutine[Any, Any, T]) -> T:
-    """Run `work`, cancelling it if the client disconnects first (like vLLM's with_cancellation).
+    """Await `work`, cancelling it if the client disconnects first (like vLLM's with_cancellation).
 
-    The request body must have been read already.
+    `work` runs in the calling task; one watcher task cancels it on disconnect. The request
+    body must have been read already.
     """
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_wait_disconnect(request.receive))
+    task = asyncio.current_task()
+    assert task is not None
+    left = False
+
+    async def watch() -> None:
+        nonlocal left
+        await _wait_disconnect(request.receive)
+        left = True
+        task.cancel()
+
+    watcher = asyncio.get_running_loop().create_task(watch())
     try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if left:
+            task.uncancel()
+            raise ClientDisconnected from None
+        raise
     finally:
         watcher.cancel()
-        if not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            raise ClientDisconnected
-    return task.result()
 
 
 class SSEResponse(Response):

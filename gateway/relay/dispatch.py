@@ -103,7 +103,7 @@ class Dispatcher:
             call = UpstreamCall(ctx.path, _encode(upstream_payload, dep), ctx.request_id)
             labels = (dep.model, dep.upstream.name)
             self.router.begin(dep)
-            self.metrics.in_flight.labels(*labels).inc()
+            self.metrics.child(self.metrics.in_flight, *labels).inc()
             opened: EventStream | UpstreamReply | None = None
             try:
                 opened = await self.relay.open_stream(dep.upstream, call)
@@ -163,11 +163,11 @@ class Dispatcher:
 
     def _end(self, dep: Deployment) -> None:
         self.router.end(dep)
-        self.metrics.in_flight.labels(dep.model, dep.upstream.name).dec()
+        self.metrics.child(self.metrics.in_flight, dep.model, dep.upstream.name).dec()
 
     def _attempt_failed(self, dep: Deployment, exc: RelayError) -> None:
         self.router.failed(dep)
-        self.metrics.upstream_failures.labels(dep.upstream.name, exc.reason).inc()
+        self.metrics.child(self.metrics.upstream_failures, dep.upstream.name, exc.reason).inc()
 
     def _exhausted(self, ctx: CallContext, model: str, last: RelayError | None) -> HearthError:
         error: HearthError
@@ -187,7 +187,7 @@ class Dispatcher:
             )
         else:
             error = UpstreamError(f"The worker for `{model}` failed ({last}).")
-        self.metrics.requests.labels(ctx.endpoint, model, "", str(error.status)).inc()
+        self.metrics.child(self.metrics.requests, ctx.endpoint, model, "", str(error.status)).inc()
         self._record(ctx, model, "", "", error.status, 0, 0, None, stream=False)
         return error
 
@@ -204,14 +204,14 @@ class Dispatcher:
     ) -> None:
         m = self.metrics
         up = dep.upstream.name
-        m.requests.labels(ctx.endpoint, dep.model, up, str(status)).inc()
-        m.latency.labels(ctx.endpoint, dep.model, up).observe(time.perf_counter() - ctx.started)
+        m.child(m.requests, ctx.endpoint, dep.model, up, str(status)).inc()
+        m.child(m.latency, ctx.endpoint, dep.model, up).observe(time.perf_counter() - ctx.started)
         if ttft_s is not None:
-            m.ttft.labels(dep.model, up).observe(ttft_s)
+            m.child(m.ttft, dep.model, up).observe(ttft_s)
         if prompt:
-            m.tokens.labels(dep.model, up, "prompt").inc(prompt)
+            m.child(m.tokens, dep.model, up, "prompt").inc(prompt)
         if completion:
-            m.tokens.labels(dep.model, up, "completion").inc(completion)
+            m.child(m.tokens, dep.model, up, "completion").inc(completion)
         self._record(
             ctx, dep.model, dep.upstream.cluster, up, status, prompt, completion, ttft_s, stream=stream
         )
@@ -260,7 +260,7 @@ class _InFlight:
 
     def __enter__(self) -> None:
         self._d.router.begin(self._dep)
-        self._d.metrics.in_flight.labels(self._dep.model, self._dep.upstream.name).inc()
+        self._d.metrics.child(self._d.metrics.in_flight, self._dep.model, self._dep.upstream.name).inc()
 
     def __exit__(self, *exc: object) -> None:
         self._d._end(self._dep)

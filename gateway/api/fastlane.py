@@ -1,0 +1,40 @@
+"""The fast lane: the inference POSTs, served without FastAPI's routing and dependency layers.
+
+On the hot path those layers (router matching, dependency solving, five framework
+middlewares) cost more CPU than everything else the gateway does for a request; on a 2-core
+login node that halves throughput (measured with `python -m benchmarks.overhead`, see
+docs/performance.md). The routes stay declared in `gateway.api.openai`, which documents them
+(OpenAPI) and serves them when the app is used without the middleware; both call the same
+`generate`, and errors go through the same `error_response`.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.types import Receive, Scope, Send
+
+from gateway.api.errors import error_response, internal_error_response
+from gateway.api.openai import GENERATION_ROUTES, generate
+from gateway.errors import HearthError
+from gateway.services import Services
+
+
+class FastLane:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    @staticmethod
+    def handles(scope: Scope) -> bool:
+        return scope["method"] == "POST" and scope["path"] in GENERATION_ROUTES
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        schema, endpoint = GENERATION_ROUTES[scope["path"]]
+        try:
+            principal = await self.services.auth.authenticate(request.headers.get("authorization"))
+            response = await generate(request, principal, self.services, schema, endpoint)
+        except HearthError as exc:
+            response = error_response(exc)
+        except Exception:
+            response = internal_error_response(request)
+        await response(scope, receive, send)
