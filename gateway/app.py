@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.api import errors, openai, status
 from gateway.api.fastlane import FastLane
@@ -25,7 +26,7 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             await services.stop()
 
-    app = FastAPI(
+    app = HearthApp(
         title="Hearth",
         summary="OpenAI-compatible inference gateway for HPC clusters",
         version="0.1.0",
@@ -37,10 +38,26 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(openai.router)
     app.include_router(status.router)
     errors.install(app)
-    app.add_middleware(
-        RequestContextMiddleware,
+    app.outer = RequestContextMiddleware(
+        app.framework,
         max_body_bytes=settings.server.max_body_bytes,
         log_requests=settings.server.access_log,
         fast_lane=FastLane(services),
     )
     return app
+
+
+class HearthApp(FastAPI):
+    """FastAPI with Hearth's request middleware outside the framework's own middleware stack.
+
+    `add_middleware` would put it inside Starlette's error and FastAPI's telemetry and body
+    limit layers, which the fast lane exists to skip. Everything else is plain FastAPI.
+    """
+
+    outer: ASGIApp
+
+    async def framework(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await super().__call__(scope, receive, send)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.outer(scope, receive, send)

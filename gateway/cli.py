@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
+import signal
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import SecretStr
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
-from gateway.config import ConfigError, Settings, load_settings
+from gateway.config import ConfigError, Settings, StaticKey, load_settings
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Hearth: an OpenAI-compatible inference gateway for HPC."
@@ -70,9 +73,9 @@ def serve(
             {"url": u, **({"api_key": upstream_api_key} if upstream_api_key else {})} for u in upstream
         ]
         overrides["clusters"] = {"upstream": {"upstreams": entries}}
-    if api_key:
-        overrides["auth"] = {"api_keys": [{"owner": "local", "key": api_key, "admin": True}]}
     settings = _load(config, **overrides)
+    if api_key:  # in addition to the keys the config file lists
+        settings.auth.api_keys.append(StaticKey(owner="local", key=SecretStr(api_key), admin=True))
     if not settings.clusters:
         err.print("[red]No upstreams: give --upstream URL or a --config with clusters.[/red]")
         raise typer.Exit(2)
@@ -132,6 +135,9 @@ print(reply.choices[0].message.content)
         highlight=False,
         soft_wrap=True,
     )
+    # uvicorn re-raises SIGTERM after its shutdown; turn it into SystemExit so the worker is
+    # stopped below instead of being orphaned.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         run(settings)
     finally:
@@ -147,17 +153,22 @@ def sim(
     itl_ms: Annotated[float, typer.Option(help="Delay between tokens.")] = 10.0,
     max_concurrency: Annotated[int, typer.Option(help="Requests run at once; the rest queue.")] = 64,
     api_key: Annotated[str | None, typer.Option(help="Require this bearer key on /v1.")] = None,
+    max_model_len: Annotated[int, typer.Option(help="Context length it claims.")] = 4096,
+    default_max_tokens: Annotated[int, typer.Option(help="Tokens when a request sets no limit.")] = 16,
+    embedding_dim: Annotated[int, typer.Option(help="Length of embedding vectors.")] = 64,
+    fail_status: Annotated[
+        int | None, typer.Option(help="Fault injection: answer every /v1 request with this status.")
+    ] = None,
 ) -> None:
     """Run the simulated engine alone: a vLLM-like OpenAI server producing fake tokens."""
     from endpoints.engines.sim import SimConfig, run_sim
 
-    run_sim(
-        SimConfig(
-            model=model, ttft_ms=ttft_ms, itl_ms=itl_ms, max_concurrency=max_concurrency, api_key=api_key
-        ),
-        host=host,
-        port=port,
-    )
+    config = SimConfig(
+        model=model, ttft_ms=ttft_ms, itl_ms=itl_ms, max_concurrency=max_concurrency, api_key=api_key,
+        max_model_len=max_model_len, default_max_tokens=default_max_tokens, embedding_dim=embedding_dim,
+        fail_status=fail_status,
+    )  # fmt: skip
+    run_sim(config, host=host, port=port)
 
 
 @config_app.command("check")
@@ -219,7 +230,8 @@ def keys_list(
         async with _store(config) as db:
             return await KeyStore(db).list(owner, include_revoked=all_keys)
 
-    table = Table("id", "name", "owner", "created", "expires", "last used", "state")
+    table = Table("name", "owner", "created", "expires", "last used", "state")
+    table.columns.insert(0, Column("id", no_wrap=True, min_width=12))  # revoke needs the whole id
     for k in asyncio.run(fetch()):
         state = (
             "revoked"
@@ -240,14 +252,22 @@ def keys_revoke(
     """Revoke a key; it stops working within the key cache TTL on every gateway."""
     from gateway.store.keys import KeyStore
 
-    async def revoke() -> bool:
+    async def revoke() -> str:
         async with _store(config) as db:
-            return await KeyStore(db).revoke(key_id)
+            keys = KeyStore(db)
+            info = await keys.get(key_id)
+            if info is None:
+                return "missing"
+            if info.revoked_at is not None:
+                return "already"
+            await keys.revoke(key_id)
+            return "revoked"
 
-    if not asyncio.run(revoke()):
-        err.print(f"[red]No active key {key_id}.[/red]")
+    outcome = asyncio.run(revoke())
+    if outcome == "missing":
+        err.print(f"[red]No key {key_id}.[/red]")
         raise typer.Exit(1)
-    out.print(f"Revoked {key_id}.")
+    out.print(f"{key_id} was already revoked." if outcome == "already" else f"Revoked {key_id}.")
 
 
 class _store:

@@ -55,10 +55,10 @@ class StaticKey(_Section):
     admin: bool = False
     models: list[str] | None = Field(default=None, description="Models the key may use; all if omitted.")
 
-    @field_validator("sha256")
+    @field_validator("sha256", mode="before")
     @classmethod
-    def _lower(cls, v: str | None) -> str | None:
-        return v.lower() if v else v
+    def _lower(cls, v: object) -> object:
+        return v.lower() if isinstance(v, str) else v
 
     def model_post_init(self, context: Any, /) -> None:
         if (self.key is None) == (self.sha256 is None):

@@ -50,7 +50,7 @@ class GatewayMetrics:
         )
         self.in_flight = Gauge(
             "hearth_requests_in_flight",
-            "Requests being relayed now.",
+            "Requests being relayed now (read from the router at scrape time).",
             ["model", "upstream"],
             registry=r,
         )

@@ -24,5 +24,6 @@ def serve(settings: Settings) -> None:
         lifespan="on",
         timeout_keep_alive=75,
         server_header=False,
+        proxy_headers=False,  # the gateway never reads the client address; skip the rewrite
     )
     uvicorn.Server(config).run()

@@ -15,6 +15,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.api.errors import error_response, internal_error_response
 from gateway.api.openai import GENERATION_ROUTES, generate
+from gateway.api.responses import ClientDisconnected
 from gateway.errors import HearthError
 from gateway.services import Services
 
@@ -32,9 +33,25 @@ class FastLane:
         schema, endpoint = GENERATION_ROUTES[scope["path"]]
         try:
             principal = await self.services.auth.authenticate(request.headers.get("authorization"))
-            response = await generate(request, principal, self.services, schema, endpoint)
+            body = await read_body(receive)
+            response = await generate(request, body, principal, self.services, schema, endpoint)
+        except ClientDisconnected:
+            return  # nobody to answer
         except HearthError as exc:
             response = error_response(exc)
         except Exception:
             response = internal_error_response(request)
         await response(scope, receive, send)
+
+
+async def read_body(receive: Receive) -> bytes:
+    """The whole request body, straight from the ASGI messages (Starlette's `Request.body`
+    does the same through two more generator layers)."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)

@@ -42,17 +42,21 @@ async def retrieve_model(model_id: str, principal: CurrentPrincipal, services: S
 
 @router.post("/chat/completions")
 async def chat_completions(request: Request, principal: CurrentPrincipal, services: ServicesDep) -> Response:
-    return await generate(request, principal, services, ChatCompletionRequest, "chat.completions")
+    return await generate(
+        request, await request.body(), principal, services, ChatCompletionRequest, "chat.completions"
+    )
 
 
 @router.post("/completions")
 async def completions(request: Request, principal: CurrentPrincipal, services: ServicesDep) -> Response:
-    return await generate(request, principal, services, CompletionRequest, "completions")
+    return await generate(
+        request, await request.body(), principal, services, CompletionRequest, "completions"
+    )
 
 
 @router.post("/embeddings")
 async def embeddings(request: Request, principal: CurrentPrincipal, services: ServicesDep) -> Response:
-    return await generate(request, principal, services, EmbeddingRequest, "embeddings")
+    return await generate(request, await request.body(), principal, services, EmbeddingRequest, "embeddings")
 
 
 GenerationSchema = type[ChatCompletionRequest | CompletionRequest | EmbeddingRequest]
@@ -66,10 +70,15 @@ GENERATION_ROUTES: dict[str, tuple[GenerationSchema, str]] = {
 
 
 async def generate(
-    request: Request, principal: Principal, services: Services, schema: GenerationSchema, endpoint: str
+    request: Request,
+    body: bytes,
+    principal: Principal,
+    services: Services,
+    schema: GenerationSchema,
+    endpoint: str,
 ) -> Response:
-    """Read, validate, relay; answer with JSON or SSE. The body of every inference route."""
-    payload = await read_json(request)
+    """Validate, relay; answer with JSON or SSE. The body of every inference route."""
+    payload = parse_json(body)
     validate(schema, payload)
     state = request.scope["state"]
     ctx = CallContext(principal, state["request_id"], endpoint, endpoint.replace(".", "/"), state["started"])
@@ -85,8 +94,7 @@ async def generate(
     return reply_response(reply)
 
 
-async def read_json(request: Request) -> dict[str, Any]:
-    body = await request.body()
+def parse_json(body: bytes) -> dict[str, Any]:
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:

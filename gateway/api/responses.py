@@ -48,15 +48,22 @@ async def _wait_disconnect(receive: Receive) -> None:
         pass
 
 
+# Requests answered sooner than this never pay for a watcher task; a client that leaves
+# earlier is noticed at this point.
+WATCH_DISCONNECT_AFTER_S = 0.02
+
+
 async def cancel_on_disconnect(request: Request, work: Coroutine[Any, Any, T]) -> T:
     """Await `work`, cancelling it if the client disconnects first (like vLLM's with_cancellation).
 
-    `work` runs in the calling task; one watcher task cancels it on disconnect. The request
-    body must have been read already.
+    `work` runs in the calling task; a watcher task, started only once the request has taken
+    `WATCH_DISCONNECT_AFTER_S`, cancels it on disconnect. The body must have been read already.
     """
     task = asyncio.current_task()
     assert task is not None
+    loop = asyncio.get_running_loop()
     left = False
+    watcher: asyncio.Task[None] | None = None
 
     async def watch() -> None:
         nonlocal left
@@ -64,7 +71,11 @@ async def cancel_on_disconnect(request: Request, work: Coroutine[Any, Any, T]) -
         left = True
         task.cancel()
 
-    watcher = asyncio.get_running_loop().create_task(watch())
+    def start_watching() -> None:
+        nonlocal watcher
+        watcher = loop.create_task(watch())
+
+    timer = loop.call_later(WATCH_DISCONNECT_AFTER_S, start_watching)
     try:
         return await work
     except asyncio.CancelledError:
@@ -73,7 +84,9 @@ async def cancel_on_disconnect(request: Request, work: Coroutine[Any, Any, T]) -
             raise ClientDisconnected from None
         raise
     finally:
-        watcher.cancel()
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()
 
 
 class SSEResponse(Response):

@@ -33,4 +33,6 @@ async def metrics(services: ServicesDep) -> Response:
     m = services.metrics
     m.usage_pending.set(services.usage.pending)
     m.usage_dropped.set(services.usage.dropped)
+    for (model, upstream), n in services.router.in_flight_by_deployment().items():
+        m.in_flight.labels(model, upstream).set(n)
     return Response(m.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

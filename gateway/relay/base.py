@@ -60,7 +60,7 @@ class TimedOut(RelayError):
 
 
 class BadResponse(RelayError):
-    """The upstream answered 5xx or 429, or something that is not HTTP/SSE as expected."""
+    """The upstream answered 5xx, 429, 401 or 403, or something that is not HTTP/SSE as expected."""
 
     reason = "bad_response"
 
@@ -92,8 +92,8 @@ class EventStream(abc.ABC):
 class Relay(abc.ABC):
     @abc.abstractmethod
     async def send(self, upstream: Upstream, call: UpstreamCall) -> UpstreamReply:
-        """Send a non-streaming request. 4xx replies are returned; 5xx and 429 raise BadResponse
-        (another worker may have room)."""
+        """Send a non-streaming request. 4xx replies are returned; 5xx, 429, 401 and 403 (the
+        gateway's credential refused) raise BadResponse: another worker may do better."""
 
     @abc.abstractmethod
     async def open_stream(self, upstream: Upstream, call: UpstreamCall) -> EventStream | UpstreamReply:

@@ -1,17 +1,17 @@
 """DirectRelay: HTTP/SSE passthrough from the gateway to an OpenAI-compatible worker.
 
-One aiohttp ClientSession (one keep-alive HTTP/1.1 connection pool) serves every upstream.
-aiohttp was chosen over httpx for this hot path after measuring both with
-`python -m benchmarks.clients` (numbers in docs/performance.md).
+One keep-alive HTTP/1.1 connection pool (`gateway.relay.http1`) serves every upstream. It was
+chosen over aiohttp and httpx after measuring all three with `python -m benchmarks.clients`
+(numbers in docs/performance.md): the client is most of the relay's CPU per request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import AsyncIterator
 
-import aiohttp
 import orjson
 
 from gateway.relay.base import (
@@ -25,8 +25,10 @@ from gateway.relay.base import (
     UpstreamCall,
     UpstreamReply,
 )
+from gateway.relay.http1 import ConnectError, ConnectionLost, ConnectionPool, Origin, Response
 
 _JSON = "application/json"
+_HEX32 = re.compile(r"[0-9a-f]{32}")
 
 
 class DirectRelay(Relay):
@@ -38,31 +40,17 @@ class DirectRelay(Relay):
         stream_idle_timeout_s: float = 120.0,
         max_connections: int = 1000,
     ) -> None:
-        self._connect_timeout = connect_timeout_s
-        self._unary_timeout = aiohttp.ClientTimeout(total=request_timeout_s, sock_connect=connect_timeout_s)
-        self._stream_timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=connect_timeout_s, sock_read=stream_idle_timeout_s
-        )
-        self._max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
+        self._request_timeout = request_timeout_s
+        self._idle_timeout = stream_idle_timeout_s
+        self._pool = ConnectionPool(max_connections=max_connections, connect_timeout=connect_timeout_s)
+        self._targets: dict[str, tuple[Origin, str]] = {}
 
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        # Created lazily so it binds to the running event loop.
-        if self._session is None:
-            connector = aiohttp.TCPConnector(
-                limit=self._max_connections,
-                limit_per_host=0,
-                keepalive_timeout=60,
-                ttl_dns_cache=300,
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                auto_decompress=False,
-                skip_auto_headers=("User-Agent",),
-                json_serialize=lambda o: orjson.dumps(o).decode(),
-            )
-        return self._session
+    def _target(self, upstream: Upstream, path: str) -> tuple[Origin, str]:
+        found = self._targets.get(upstream.base_url)
+        if found is None:
+            found = self._targets[upstream.base_url] = Origin.of(upstream.base_url)
+        origin, prefix = found
+        return origin, f"{prefix}/{path}"
 
     @staticmethod
     def _headers(upstream: Upstream, call: UpstreamCall, accept: str) -> dict[str, str]:
@@ -76,81 +64,90 @@ class DirectRelay(Relay):
         return headers
 
     async def send(self, upstream: Upstream, call: UpstreamCall) -> UpstreamReply:
-        url = f"{upstream.base_url}/{call.path}"
+        origin, target = self._target(upstream, call.path)
+        headers = self._headers(upstream, call, _JSON)
+        resp: Response | None = None
         try:
-            async with self.session.post(
-                url,
-                data=call.body,
-                headers=self._headers(upstream, call, _JSON),
-                timeout=self._unary_timeout,
-            ) as resp:
+            async with asyncio.timeout(self._request_timeout):
+                resp = await self._pool.request("POST", origin, target, headers, call.body)
                 body = await resp.read()
-                reply = UpstreamReply(resp.status, body, resp.content_type or _JSON)
+        except ConnectError as exc:
+            raise ConnectFailed(upstream, str(exc)) from exc
         except TimeoutError as exc:
-            raise TimedOut(upstream, f"no answer within the time limit ({exc or 'timeout'})") from exc
-        except aiohttp.ClientConnectorError as exc:
-            raise ConnectFailed(upstream, f"cannot connect to {upstream.base_url}: {exc.os_error}") from exc
-        except aiohttp.ClientError as exc:
-            raise BadResponse(upstream, f"connection failed: {type(exc).__name__}") from exc
-        if reply.status >= 500 or reply.status == 429:
-            raise BadResponse(upstream, f"answered HTTP {reply.status}", status=reply.status)
-        return reply
+            raise TimedOut(upstream, f"no answer within {self._request_timeout:g} s") from exc
+        except ConnectionLost as exc:
+            raise BadResponse(upstream, str(exc)) from exc
+        finally:
+            if resp is not None:
+                resp.release()  # closes instead when the body was not read to its end
+        if _worker_trouble(resp.status):
+            raise BadResponse(upstream, f"answered HTTP {resp.status}", status=resp.status)
+        return UpstreamReply(resp.status, body, resp.content_type or _JSON)
 
     async def open_stream(self, upstream: Upstream, call: UpstreamCall) -> EventStream | UpstreamReply:
-        url = f"{upstream.base_url}/{call.path}"
+        origin, target = self._target(upstream, call.path)
+        headers = self._headers(upstream, call, "text/event-stream")
         try:
-            resp = await self.session.post(
-                url,
-                data=call.body,
-                headers=self._headers(upstream, call, "text/event-stream"),
-                timeout=self._stream_timeout,
+            resp = await self._pool.request(
+                "POST", origin, target, headers, call.body, read_timeout=self._idle_timeout
             )
+        except ConnectError as exc:
+            raise ConnectFailed(upstream, str(exc)) from exc
         except TimeoutError as exc:
-            raise TimedOut(upstream, "no response headers within the time limit") from exc
-        except aiohttp.ClientConnectorError as exc:
-            raise ConnectFailed(upstream, f"cannot connect to {upstream.base_url}: {exc.os_error}") from exc
-        except aiohttp.ClientError as exc:
-            raise BadResponse(upstream, f"connection failed: {type(exc).__name__}") from exc
+            raise TimedOut(upstream, f"no response headers within {self._idle_timeout:g} s") from exc
+        except ConnectionLost as exc:
+            raise BadResponse(upstream, str(exc)) from exc
         if resp.status >= 400:
             try:
                 body = await resp.read()
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                resp.close()
+            except (ConnectionLost, TimeoutError) as exc:
                 raise BadResponse(upstream, f"answered HTTP {resp.status}", status=resp.status) from exc
-            resp.release()
-            if resp.status >= 500 or resp.status == 429:
+            finally:
+                resp.release()
+            if _worker_trouble(resp.status):
                 raise BadResponse(upstream, f"answered HTTP {resp.status}", status=resp.status)
             return UpstreamReply(resp.status, body, resp.content_type or _JSON)
         if resp.content_type != "text/event-stream":
             resp.close()
-            raise BadResponse(upstream, f"answered {resp.content_type!r} to a streaming request")
-        return _AiohttpEventStream(upstream, resp)
+            raise BadResponse(
+                upstream, f"answered {resp.content_type or 'no content type'!r} to a streaming request"
+            )
+        return _SSEStream(upstream, resp)
 
     async def list_models(self, upstream: Upstream) -> list[str]:
-        headers = {"Authorization": f"Bearer {upstream.api_key}"} if upstream.api_key else {}
-        timeout = aiohttp.ClientTimeout(total=max(self._connect_timeout, 10.0))
+        origin, target = self._target(upstream, "models")
+        headers = {"Accept": _JSON}
+        if upstream.api_key:
+            headers["Authorization"] = f"Bearer {upstream.api_key}"
+        resp: Response | None = None
         try:
-            async with self.session.get(
-                f"{upstream.base_url}/models", headers=headers, timeout=timeout
-            ) as resp:
-                if resp.status != 200:
-                    raise BadResponse(upstream, f"GET /models answered HTTP {resp.status}", resp.status)
-                data = orjson.loads(await resp.read())
+            async with asyncio.timeout(10.0):
+                resp = await self._pool.request("GET", origin, target, headers)
+                raw = await resp.read()
+        except ConnectError as exc:
+            raise ConnectFailed(upstream, str(exc)) from exc
         except TimeoutError as exc:
             raise TimedOut(upstream, "GET /models timed out") from exc
-        except aiohttp.ClientConnectorError as exc:
-            raise ConnectFailed(upstream, f"cannot connect to {upstream.base_url}: {exc.os_error}") from exc
-        except (aiohttp.ClientError, orjson.JSONDecodeError) as exc:
-            raise BadResponse(upstream, f"GET /models failed: {type(exc).__name__}") from exc
+        except ConnectionLost as exc:
+            raise BadResponse(upstream, f"GET /models failed: {exc}") from exc
+        finally:
+            if resp is not None:
+                resp.release()
+        if resp.status != 200:
+            raise BadResponse(upstream, f"GET /models answered HTTP {resp.status}", resp.status)
         try:
-            return [str(m["id"]) for m in data["data"]]
-        except (KeyError, TypeError) as exc:
+            return [str(m["id"]) for m in orjson.loads(raw)["data"]]
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             raise BadResponse(upstream, "GET /models did not return an OpenAI model list") from exc
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._pool.close()
+
+
+def _worker_trouble(status: int) -> bool:
+    """Statuses that are the worker's (or the gateway's) problem, not the client's: 5xx, a full
+    worker (429) and a refused gateway credential (401/403). Another worker may do better."""
+    return status >= 500 or status in (401, 403, 429)
 
 
 def upstream_request_id(request_id: str) -> str:
@@ -159,7 +156,9 @@ def upstream_request_id(request_id: str) -> str:
     Some engines (llama.cpp's server) refuse an X-Request-ID that is not a UUID; the v5
     mapping (namespace URL) is deterministic, so a client's own id can still be traced.
     """
-    if len(request_id) in (32, 36):
+    if _HEX32.fullmatch(request_id):  # the gateway's own ids
+        return request_id
+    if len(request_id) == 36:
         try:
             uuid.UUID(request_id)
             return request_id
@@ -168,24 +167,22 @@ def upstream_request_id(request_id: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, request_id))
 
 
-class _AiohttpEventStream(EventStream):
+class _SSEStream(EventStream):
     """SSE events read line by line; works for `\\n` (vLLM) and `\\r\\n` (sse-starlette) framing."""
 
-    def __init__(self, upstream: Upstream, resp: aiohttp.ClientResponse) -> None:
+    def __init__(self, upstream: Upstream, resp: Response) -> None:
         super().__init__(upstream)
         self._resp = resp
-        self._finished = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        content = self._resp.content
+        resp = self._resp
         lines: list[bytes] = []
         try:
             while True:
-                line = await content.readline()
-                if not line:  # EOF
+                line = await resp.readline()
+                if not line:  # the end of the body
                     if lines:
                         yield b"\n".join(lines) + b"\n\n"
-                    self._finished = True
                     return
                 line = line.rstrip(b"\r\n")
                 if line:
@@ -195,13 +192,10 @@ class _AiohttpEventStream(EventStream):
                     lines = []
         except TimeoutError as exc:
             raise TimedOut(self.upstream, "the stream stalled past the idle time limit") from exc
-        except (aiohttp.ClientError, ConnectionError) as exc:
-            raise StreamBroken(self.upstream, f"the stream broke: {type(exc).__name__}") from exc
+        except ConnectionLost as exc:
+            raise StreamBroken(self.upstream, str(exc)) from exc
 
     async def aclose(self) -> None:
-        if self._finished:
-            self._resp.release()
-        else:
-            # Closing the connection is what tells the engine to abort the request.
-            self._resp.close()
-        await asyncio.sleep(0)
+        # Released for reuse when read to its end; otherwise closed, which is what tells the
+        # engine to abort the request.
+        self._resp.release()

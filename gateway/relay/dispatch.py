@@ -10,6 +10,7 @@ and one set of metric observations.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,6 +43,8 @@ from gateway.relay.stream import ClientStream, StreamOutcome
 from gateway.routing.catalogue import Deployment
 from gateway.routing.router import Router
 from gateway.store.usage import UsageRecord, UsageRecorder
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +93,7 @@ class Dispatcher:
             prompt, completion = _usage_of(body) if reply.status == 200 else (0, 0)
             self._finish(ctx, dep, reply.status, prompt, completion, None, stream=False)
             return UpstreamReply(reply.status, body, reply.content_type)
-        raise self._exhausted(ctx, model, last)
+        raise self._exhausted(ctx, model, last, stream=False)
 
     async def stream(self, ctx: CallContext, payload: dict[str, Any]) -> ClientStream | UpstreamReply:
         """Open a stream and return its client-ready events (or a 4xx reply from the worker)."""
@@ -101,9 +104,7 @@ class Dispatcher:
         last: RelayError | None = None
         for dep in self._candidates(ctx, model):
             call = UpstreamCall(ctx.path, _encode(upstream_payload, dep), ctx.request_id)
-            labels = (dep.model, dep.upstream.name)
             self.router.begin(dep)
-            self.metrics.child(self.metrics.in_flight, *labels).inc()
             opened: EventStream | UpstreamReply | None = None
             try:
                 opened = await self.relay.open_stream(dep.upstream, call)
@@ -150,7 +151,7 @@ class Dispatcher:
                 renames=_renames(dep),
                 on_close=closed,
             )
-        raise self._exhausted(ctx, model, last)
+        raise self._exhausted(ctx, model, last, stream=True)
 
     def _candidates(self, ctx: CallContext, model: str) -> list[Deployment]:
         deployments = self.router.candidates(model)  # ModelNotFound first: 404 before 403
@@ -163,32 +164,52 @@ class Dispatcher:
 
     def _end(self, dep: Deployment) -> None:
         self.router.end(dep)
-        self.metrics.child(self.metrics.in_flight, dep.model, dep.upstream.name).dec()
 
     def _attempt_failed(self, dep: Deployment, exc: RelayError) -> None:
+        log.warning(
+            "upstream attempt failed",
+            extra={
+                "upstream": dep.upstream.name,
+                "model": dep.model,
+                "reason": exc.reason,
+                "detail": exc.detail,
+            },
+        )
         self.router.failed(dep)
         self.metrics.child(self.metrics.upstream_failures, dep.upstream.name, exc.reason).inc()
 
-    def _exhausted(self, ctx: CallContext, model: str, last: RelayError | None) -> HearthError:
+    def _exhausted(
+        self, ctx: CallContext, model: str, last: RelayError | None, *, stream: bool
+    ) -> HearthError:
+        """The error for a request no upstream could answer. Clients learn which worker and
+        what went wrong, not internal addresses (those are in the gateway's log)."""
         error: HearthError
         if last is None:
             error = UpstreamUnavailable(f"No worker is available for model `{model}`.")
-        elif isinstance(last, TimedOut):
-            error = UpstreamTimeout(f"The worker for `{model}` timed out ({last}).")
-        elif isinstance(last, BadResponse) and last.status == 429:
-            error = RateLimited(
-                f"Every worker for `{model}` is at capacity; retry shortly.", headers={"Retry-After": "1"}
-            )
-        elif isinstance(last, BadResponse) and last.status == 503:
-            error = UpstreamUnavailable(f"The workers for `{model}` are unavailable ({last}).")
-        elif isinstance(last, ConnectFailed):
-            error = UpstreamError(
-                f"Could not reach a worker for `{model}` ({last}).", code="upstream_unreachable"
-            )
         else:
-            error = UpstreamError(f"The worker for `{model}` failed ({last}).")
+            worker = f"The worker {last.upstream.name!r} for `{model}`"
+            status = last.status if isinstance(last, BadResponse) else None
+            if isinstance(last, TimedOut):
+                error = UpstreamTimeout(f"{worker} did not answer in time.")
+            elif status == 429:
+                error = RateLimited(
+                    f"Every worker for `{model}` is at capacity; retry shortly.", headers={"Retry-After": "1"}
+                )
+            elif status == 503:
+                error = UpstreamUnavailable(f"{worker} is unavailable (HTTP 503); retry shortly.")
+            elif status in (401, 403):
+                error = UpstreamError(
+                    f"{worker} refused the gateway's credentials; an administrator must check its api_key.",
+                    code="upstream_auth_failed",
+                )
+            elif isinstance(last, ConnectFailed):
+                error = UpstreamError(f"{worker} could not be reached.", code="upstream_unreachable")
+            elif status is not None:
+                error = UpstreamError(f"{worker} failed (HTTP {status}).")
+            else:
+                error = UpstreamError(f"{worker} sent a broken response.")
         self.metrics.child(self.metrics.requests, ctx.endpoint, model, "", str(error.status)).inc()
-        self._record(ctx, model, "", "", error.status, 0, 0, None, stream=False)
+        self._record(ctx, model, "", "", error.status, 0, 0, None, stream=stream)
         return error
 
     def _finish(
@@ -260,7 +281,6 @@ class _InFlight:
 
     def __enter__(self) -> None:
         self._d.router.begin(self._dep)
-        self._d.metrics.child(self._d.metrics.in_flight, self._dep.model, self._dep.upstream.name).inc()
 
     def __exit__(self, *exc: object) -> None:
         self._d._end(self._dep)

@@ -20,6 +20,7 @@ class Router:
         self._cooldown = cooldown_s
         self._threshold = failure_threshold
         self._in_flight: dict[str, int] = {}
+        self._by_deployment: dict[tuple[str, str], int] = {}
         self._failures: dict[str, int] = {}
         self._open_until: dict[str, float] = {}
         self._tick = itertools.count()
@@ -47,9 +48,16 @@ class Router:
         """Count a request in flight at `deployment` (until `end`)."""
         name = deployment.upstream.name
         self._in_flight[name] = self._in_flight.get(name, 0) + 1
+        key = (deployment.model, name)
+        self._by_deployment[key] = self._by_deployment.get(key, 0) + 1
 
     def end(self, deployment: Deployment) -> None:
         self._in_flight[deployment.upstream.name] -= 1
+        self._by_deployment[(deployment.model, deployment.upstream.name)] -= 1
+
+    def in_flight_by_deployment(self) -> dict[tuple[str, str], int]:
+        """Requests in flight per (model, upstream name), for the metrics."""
+        return dict(self._by_deployment)
 
     def in_flight(self, upstream_name: str) -> int:
         return self._in_flight.get(upstream_name, 0)

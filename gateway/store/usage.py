@@ -61,7 +61,8 @@ _FIELDS = tuple(f.name for f in fields(UsageRecord))
 
 # ORM bulk INSERT leaves out None values by default, which splits a batch into one statement
 # per distinct set of non-null keys; render_nulls keeps every batch a single executemany.
-_INSERT = insert(UsageEvent).execution_options(render_nulls=True)
+# Core, not ORM, insert: one executemany per batch without the ORM's per-row bookkeeping.
+_INSERT = insert(UsageEvent.__table__)  # type: ignore[arg-type]
 
 
 class UsageRecorder:
@@ -212,9 +213,8 @@ class UsageRecorder:
                 return
 
     async def _insert(self, batch: list[UsageRecord]) -> None:
-        async with self._db.session() as session:
-            await session.execute(_INSERT, [rec.as_row() for rec in batch])
-            await session.commit()
+        async with self._db.engine.begin() as conn:
+            await conn.execute(_INSERT, [rec.as_row() for rec in batch])
 
 
 async def _wait(event: asyncio.Event, timeout_s: float) -> None:
