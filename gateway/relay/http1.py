@@ -223,9 +223,13 @@ class Response:
 
     async def read(self) -> bytes:
         conn = self._conn
+        chunks = []
         while not conn.complete:
+            if conn.buffer:  # drain as we go, or back-pressure would stall a large body
+                chunks.append(conn.take())
             await conn.wait(self._read_timeout)
-        return conn.take()
+        chunks.append(conn.take())
+        return b"".join(chunks)
 
     async def readline(self) -> bytes:
         """The next line, with its ``\\n``; at the end, what is left (b"" once empty)."""
