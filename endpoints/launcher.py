@@ -85,7 +85,7 @@ def sim_argv(
         str(max_concurrency),
     ]
     if api_key:
-        argv += ["--api-key", api_key]
+        argv.append(f"--api-key={api_key}")  # one word: a key may start with "-"
     return argv
 
 

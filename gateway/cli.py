@@ -14,7 +14,9 @@ from typing import Annotated, Any
 import typer
 from pydantic import SecretStr
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Column, Table
+from rich.text import Text
 
 from gateway.config import ConfigError, Settings, StaticKey, load_settings
 
@@ -38,7 +40,7 @@ def _load(path: Path | None, **overrides: Any) -> Settings:
     try:
         return load_settings(path, **overrides)
     except ConfigError as exc:
-        err.print(f"[red]{exc}[/red]")
+        err.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(2) from None
 
 
@@ -122,19 +124,18 @@ def demo(
     )
     shown = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
     out.print(
-        f"""[bold]Hearth demo[/bold] on http://{shown}:{port}/v1 — model [cyan]{model}[/cyan] is the \
-[yellow]simulated engine[/yellow] (fake text, real timing), not a language model.
-API key: [green]{key}[/green]
-
-from openai import OpenAI
+        f"[bold]Hearth demo[/bold] on http://{shown}:{port}/v1 — model [cyan]{escape(model)}[/cyan] is the "
+        "[yellow]simulated engine[/yellow] (fake text, real timing), not a language model.\n"
+        f"API key: [green]{escape(key)}[/green]\n",
+        soft_wrap=True,
+    )
+    snippet = f"""from openai import OpenAI
 client = OpenAI(base_url="http://{shown}:{port}/v1", api_key="{key}")
 reply = client.chat.completions.create(
     model="{model}", messages=[{{"role": "user", "content": "Hello!"}}])
 print(reply.choices[0].message.content)
-""",
-        highlight=False,
-        soft_wrap=True,
-    )
+"""
+    out.print(snippet, markup=False, highlight=False, soft_wrap=True)
     # uvicorn re-raises SIGTERM after its shutdown; turn it into SystemExit so the worker is
     # stopped below instead of being orphaned.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -181,13 +182,13 @@ def config_check(
     except ConfigError as exc:
         table = Table("key", "problem", title=f"{exc.source} is not valid", title_style="red")
         for key, reason in exc.problems:
-            table.add_row(key, reason)
+            table.add_row(Text(key), Text(reason))
         out.print(table)
         raise typer.Exit(1) from None
     n_up = sum(len(c.upstreams) for c in settings.clusters.values())
     out.print(
-        f"[green]{file} is valid[/green]: {len(settings.clusters)} cluster(s), {n_up} upstream(s), "
-        f"{len(settings.models)} model rule(s)."
+        f"[green]{escape(str(file))} is valid[/green]: {len(settings.clusters)} cluster(s), "
+        f"{n_up} upstream(s), {len(settings.models)} model rule(s)."
     )
 
 
@@ -209,7 +210,7 @@ def keys_create(
 
     info, plaintext = asyncio.run(create())
     out.print(
-        f"Created key [bold]{info.id}[/bold] for {info.owner} ({info.name})"
+        f"Created key [bold]{info.id}[/bold] for {escape(info.owner)} ({escape(info.name)})"
         + (f", expires {info.expires_at:%Y-%m-%d %H:%M} UTC" if info.expires_at else "")
         + "."
     )
@@ -238,9 +239,8 @@ def keys_list(
             if k.revoked_at
             else ("expired" if k.expires_at and k.expires_at <= datetime.now(UTC) else "active")
         )
-        table.add_row(
-            k.id, k.name, k.owner, _when(k.created_at), _when(k.expires_at), _when(k.last_used_at), state
-        )
+        dates = (_when(k.created_at), _when(k.expires_at), _when(k.last_used_at))
+        table.add_row(k.id, Text(k.name), Text(k.owner), *dates, state)
     out.print(table)
 
 
@@ -265,9 +265,11 @@ def keys_revoke(
 
     outcome = asyncio.run(revoke())
     if outcome == "missing":
-        err.print(f"[red]No key {key_id}.[/red]")
+        err.print(f"[red]No key {escape(key_id)}.[/red]")
         raise typer.Exit(1)
-    out.print(f"{key_id} was already revoked." if outcome == "already" else f"Revoked {key_id}.")
+    out.print(
+        f"{key_id} was already revoked." if outcome == "already" else f"Revoked {key_id}.", markup=False
+    )
 
 
 class _store:
@@ -295,6 +297,8 @@ def parse_expiry(text: str, now: datetime | None = None) -> datetime:
     now = now or datetime.now(UTC)
     m = _DURATION.match(text.strip().lower())
     if m:
+        if int(m.group(1)) == 0:
+            raise typer.BadParameter(f"{text!r} would expire at once")
         return now + timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
     try:
         when = datetime.fromisoformat(text)

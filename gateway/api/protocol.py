@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from gateway.errors import InvalidRequest
 
@@ -20,12 +20,12 @@ class _Open(BaseModel):
 
 
 class StreamOptions(_Open):
-    include_usage: bool | None = None
+    include_usage: StrictBool | None = None
 
 
 class _Generation(_Open):
     model: str = Field(min_length=1, max_length=256)
-    stream: bool | None = False
+    stream: StrictBool | None = False  # "false" must not read as a request to stream
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(default=None, ge=1)
     n: int | None = Field(default=None, ge=1, le=128)
@@ -71,7 +71,9 @@ def validate(model: type[_Open], payload: Any) -> None:
 
 
 def _invalid(exc: ValidationError) -> InvalidRequest:
-    err = exc.errors(include_url=False)[0]
+    # For a union (`str | list[ContentPart]`) pydantic reports each member's complaint; the one
+    # that got deepest into the value is the one that explains the mistake.
+    err = max(exc.errors(include_url=False), key=lambda e: len(e["loc"]))
     loc = err["loc"]
     # Union members add their type name to loc; keep only the path into the body.
     path = [str(p) for p in loc if isinstance(p, int) or p in _field_names()]

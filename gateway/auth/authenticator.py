@@ -57,8 +57,7 @@ class Authenticator:
         if cached is not None and cached[1] > now:
             principal = cached[0]
         else:
-            principal = await self._verify(credential, digest)
-            ttl = self._ttl if principal is not None else self._negative_ttl
+            principal, ttl = await self._verify(credential, digest)
             if len(self._cache) >= _MAX_CACHE:
                 self._cache.clear()
             self._cache[digest] = (principal, now + ttl)
@@ -72,22 +71,21 @@ class Authenticator:
             if principal is not None and principal.key_id == key_id:
                 del self._cache[digest]
 
-    async def _verify(self, credential: str, digest: bytes) -> Principal | None:
+    async def _verify(self, credential: str, digest: bytes) -> tuple[Principal | None, float]:
+        """The principal (None for a bad credential) and how long that answer may be cached."""
         match = None
         for known, principal in self._static:
             if hmac.compare_digest(known, digest):  # constant time; keep looping regardless
                 match = principal
         if match is not None:
-            return match
+            return match, self._ttl
         if self._keys is None or parse_key(credential) is None:
-            return None
+            return None, self._negative_ttl
         info = await self._keys.verify(credential)
         if info is None:
-            return None
+            return None, self._negative_ttl
         await self._keys.touch(info.id)
-        if info.expires_at is not None:
-            # Cache no longer than the key lives.
-            left = (info.expires_at - datetime.now(UTC)).total_seconds()
-            if left < self._ttl:
-                self._cache[digest] = (None, time.monotonic() + max(left, 0.0))
-        return Principal(user=info.owner, key_id=info.id)
+        ttl = self._ttl
+        if info.expires_at is not None:  # never trust a key past its expiry
+            ttl = min(ttl, max((info.expires_at - datetime.now(UTC)).total_seconds(), 0.0))
+        return Principal(user=info.owner, key_id=info.id), ttl

@@ -160,10 +160,12 @@ def upstream_request_id(request_id: str) -> str:
         return request_id
     if len(request_id) == 36:
         try:
-            uuid.UUID(request_id)
-            return request_id
+            canonical = str(uuid.UUID(request_id))
         except ValueError:
             pass
+        else:
+            if canonical == request_id.lower():
+                return canonical
     return str(uuid.uuid5(uuid.NAMESPACE_URL, request_id))
 
 

@@ -234,13 +234,21 @@ class Response:
     async def readline(self) -> bytes:
         """The next line, with its ``\\n``; at the end, what is left (b"" once empty)."""
         conn = self._conn
+        i = conn.buffer.find(b"\n")
+        if i >= 0:
+            return conn.take(i + 1)
+        # Collect a long line outside the buffer: back-pressure only lifts as the buffer drains.
+        parts: list[bytes] = []
         while True:
+            if conn.complete:
+                parts.append(conn.take())
+                return b"".join(parts)
+            await conn.wait(self._read_timeout)
             i = conn.buffer.find(b"\n")
             if i >= 0:
-                return conn.take(i + 1)
-            if conn.complete:
-                return conn.take()
-            await conn.wait(self._read_timeout)
+                parts.append(conn.take(i + 1))
+                return b"".join(parts)
+            parts.append(conn.take())
 
     def release(self) -> None:
         """Give the connection back for reuse if the response was read to its end."""

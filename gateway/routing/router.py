@@ -33,16 +33,19 @@ class Router:
         if len(deployments) == 1:
             return list(deployments)
         now = time.monotonic()
-        n = len(deployments)
-        offset = next(self._tick) % n
-        rotated = deployments[offset:] + deployments[:offset]
-        return sorted(
-            rotated,
-            key=lambda d: (
-                self._open_until.get(d.upstream.name, 0.0) > now,
-                self._in_flight.get(d.upstream.name, 0),
-            ),
-        )
+
+        def rank(d: Deployment) -> tuple[bool, int]:
+            return (self._open_until.get(d.upstream.name, 0.0) > now, self._in_flight.get(d.upstream.name, 0))
+
+        ordered = sorted(deployments, key=rank)
+        best = rank(ordered[0])
+        tied = 1
+        while tied < len(ordered) and rank(ordered[tied]) == best:
+            tied += 1
+        if tied > 1:  # rotate among the equally good only, so they alternate evenly
+            k = next(self._tick) % tied
+            ordered[:tied] = ordered[k:tied] + ordered[:k]
+        return ordered
 
     def begin(self, deployment: Deployment) -> None:
         """Count a request in flight at `deployment` (until `end`)."""

@@ -40,7 +40,7 @@ def start_sim(
     argv = python_argv(
         "-m", "endpoints.engines.sim", "--port", str(port), "--model", model,
         "--ttft-ms", str(ttft_ms), "--itl-ms", str(itl_ms),
-        "--max-concurrency", str(max_concurrency), "--api-key", key,
+        "--max-concurrency", str(max_concurrency), f"--api-key={key}",
     )  # fmt: skip
     if fail_status is not None:
         argv += ["--fail-status", str(fail_status)]
