@@ -30,6 +30,11 @@ class ServerSettings(_Section):
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="Larger bodies get 413.")
     access_log: bool = True
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    callback_url: str | None = Field(
+        default=None,
+        description="How sites reach this gateway to stream events back (compute clusters); "
+        "default http://<host>:<port>.",
+    )
 
 
 class StoreSettings(_Section):
@@ -99,9 +104,43 @@ class UpstreamSettings(_Section):
         return str(self.url).rstrip("/")
 
 
+class ComputeSettings(_Section):
+    """How a `compute` cluster's Globus Compute tasks run."""
+
+    mode: Literal["local", "cloud"] = Field(
+        default="local",
+        description="local: Globus Compute's engine in the gateway process (single-site mode); "
+        "cloud: a registered endpoint through the Globus Compute web service.",
+    )
+    endpoint_id: str | None = Field(default=None, description="The endpoint's UUID (cloud mode).")
+    function_ids: dict[str, str] = Field(
+        default_factory=dict,
+        description="Registered function ids by name (cloud mode): infer, infer_stream, list_models.",
+    )
+    provider: Literal["local", "slurm"] = Field(default="local", description="Where local-mode workers run.")
+    partition: str | None = Field(default=None, description="Slurm partition for the slurm provider.")
+    walltime: str = Field(default="04:00:00", description="Walltime of the slurm provider's block job.")
+    worker_init: str = Field(default="", description="Shell lines run before the worker pool starts.")
+    max_workers: int = Field(default=8, ge=1, description="Concurrent tasks (streams count) per node.")
+    run_dir: str = Field(default="var/compute", description="The engine's working directory.")
+
+    def model_post_init(self, context: Any, /) -> None:
+        if self.mode == "cloud":
+            missing = {"infer", "infer_stream", "list_models"} - set(self.function_ids)
+            if not self.endpoint_id or missing:
+                raise ValueError(
+                    "cloud mode needs endpoint_id and function_ids for infer, infer_stream and list_models"
+                    " (see `hearth endpoint register-functions`)"
+                )
+
+
 class ClusterSettings(_Section):
-    relay: Literal["direct"] = "direct"
+    relay: Literal["direct", "compute"] = Field(
+        default="direct",
+        description="direct: HTTP from the gateway to the workers; compute: through Globus Compute.",
+    )
     upstreams: list[UpstreamSettings] = Field(default_factory=list)
+    compute: ComputeSettings = Field(default_factory=ComputeSettings)
 
 
 class ModelSettings(_Section):

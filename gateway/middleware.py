@@ -76,7 +76,9 @@ class RequestContextMiddleware:
                 await _send_error(send_with_id, self._too_large())
                 return
             app = self.fast_lane if self.fast_lane is not None and self.fast_lane.handles(scope) else self.app
-            await app(scope, self._limited(receive) if length is None else receive, send_with_id)
+            # A stream's events from a site (POST /internal/streams/…) last as long as the stream.
+            unlimited = length is not None or scope["path"].startswith("/internal/streams/")
+            await app(scope, receive if unlimited else self._limited(receive), send_with_id)
         finally:
             if self.access_log is not None:
                 self.access_log.write(

@@ -8,14 +8,20 @@ import gc
 import hashlib
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import redis.asyncio as aioredis
 
+from endpoints.local import LocalCompute
 from gateway.auth.authenticator import Authenticator
 from gateway.auth.principal import Principal
-from gateway.config import Settings
+from gateway.config import ComputeSettings, Settings
 from gateway.metrics import GatewayMetrics
-from gateway.relay.base import Upstream
+from gateway.relay.base import Relay, Upstream
+from gateway.relay.bridge import StreamBridge
+from gateway.relay.clusters import ClusterRelays
+from gateway.relay.compute import CloudTransport, ComputeRelay, ComputeTransport, LocalTransport
 from gateway.relay.direct import DirectRelay
 from gateway.relay.dispatch import Dispatcher
 from gateway.routing.catalogue import Catalogue, ModelRule, UpstreamSource
@@ -33,7 +39,8 @@ class Services:
     db: Database
     keys: KeyStore
     usage: UsageRecorder
-    relay: DirectRelay
+    relay: ClusterRelays
+    bridge: StreamBridge
     catalogue: Catalogue
     router: Router
     dispatcher: Dispatcher
@@ -53,12 +60,14 @@ class Services:
             flush_interval_s=settings.store.usage_flush_interval_s,
         )
         r = settings.relay
-        relay = DirectRelay(
+        direct = DirectRelay(
             connect_timeout_s=r.connect_timeout_s,
             request_timeout_s=r.request_timeout_s,
             stream_idle_timeout_s=r.stream_idle_timeout_s,
             max_connections=r.max_connections,
         )
+        bridge = StreamBridge()
+        relay = ClusterRelays(compute_relays(settings, bridge), default=direct)
         catalogue = Catalogue(upstream_sources(settings), relay, model_rules(settings))
         router = Router(catalogue, cooldown_s=r.failure_cooldown_s)
         dispatcher = Dispatcher(router, relay, metrics, usage, max_attempts=r.max_attempts)
@@ -69,12 +78,17 @@ class Services:
             negative_ttl_s=settings.auth.negative_cache_ttl_s,
         )
         client = aioredis.Redis.from_url(settings.redis.url) if settings.redis.url else None
-        return cls(settings, db, keys, usage, relay, catalogue, router, dispatcher, auth, metrics, client)
+        return cls(
+            settings, db, keys, usage, relay, bridge, catalogue, router, dispatcher, auth, metrics, client
+        )
 
     async def start(self) -> None:
         if self.settings.store.migrate_on_start:
             await self.db.migrate()
         await self.usage.start()
+        await asyncio.gather(
+            *(r.start() for r in self.relay.by_cluster.values() if isinstance(r, ComputeRelay))
+        )
         await self.catalogue.refresh()
         self._tasks.append(
             asyncio.create_task(
@@ -108,6 +122,41 @@ class Services:
             return bool(await asyncio.wait_for(self.redis.ping(), timeout=2.0))
         except (aioredis.RedisError, OSError, TimeoutError):
             return False
+
+
+def compute_relays(settings: Settings, bridge: StreamBridge) -> dict[str, Relay]:
+    """A ComputeRelay for each cluster whose config says `relay: compute`."""
+    relays: dict[str, Relay] = {}
+    callback = settings.server.callback_url or f"http://{settings.server.host}:{settings.server.port}"
+    for name, cluster in settings.clusters.items():
+        if cluster.relay != "compute":
+            continue
+        c = cluster.compute
+        transport: ComputeTransport
+        if c.mode == "cloud":
+            assert c.endpoint_id is not None  # ComputeSettings checks it
+            transport = CloudTransport(c.endpoint_id, c.function_ids)
+        else:
+            transport = LocalTransport(LocalCompute(
+                Path(c.run_dir) / name, provider=compute_provider(c), max_workers_per_node=c.max_workers,
+            ))  # fmt: skip
+        relays[name] = ComputeRelay(
+            transport, bridge, callback, request_timeout_s=settings.relay.request_timeout_s,
+            stream_idle_timeout_s=settings.relay.stream_idle_timeout_s,
+        )  # fmt: skip
+    return relays
+
+
+def compute_provider(c: ComputeSettings) -> Any:
+    """The Parsl provider that starts local-mode workers: on this host, or as a Slurm job."""
+    from parsl.providers import LocalProvider, SlurmProvider
+
+    if c.provider == "slurm":
+        return SlurmProvider(
+            partition=c.partition, nodes_per_block=1, init_blocks=1, min_blocks=1, max_blocks=1,
+            walltime=c.walltime, worker_init=c.worker_init,
+        )  # fmt: skip
+    return LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1, worker_init=c.worker_init)  # type: ignore[no-untyped-call]
 
 
 def upstream_sources(settings: Settings) -> list[UpstreamSource]:

@@ -39,6 +39,12 @@ class UpstreamReply:
     content_type: str
 
 
+def worker_trouble(status: int) -> bool:
+    """Statuses that are the worker's (or the gateway's) problem, not the client's: 5xx, a full
+    worker (429) and a refused gateway credential (401/403). Another worker may do better."""
+    return status >= 500 or status in (401, 403, 429)
+
+
 class RelayError(Exception):
     """An attempt at one upstream failed. `reason` is a short metric label."""
 

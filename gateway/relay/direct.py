@@ -24,6 +24,7 @@ from gateway.relay.base import (
     Upstream,
     UpstreamCall,
     UpstreamReply,
+    worker_trouble,
 )
 from gateway.relay.http1 import ConnectError, ConnectionLost, ConnectionPool, Origin, Response
 
@@ -80,7 +81,7 @@ class DirectRelay(Relay):
         finally:
             if resp is not None:
                 resp.release()  # closes instead when the body was not read to its end
-        if _worker_trouble(resp.status):
+        if worker_trouble(resp.status):
             raise BadResponse(upstream, f"answered HTTP {resp.status}", status=resp.status)
         return UpstreamReply(resp.status, body, resp.content_type or _JSON)
 
@@ -104,7 +105,7 @@ class DirectRelay(Relay):
                 raise BadResponse(upstream, f"answered HTTP {resp.status}", status=resp.status) from exc
             finally:
                 resp.release()
-            if _worker_trouble(resp.status):
+            if worker_trouble(resp.status):
                 raise BadResponse(upstream, f"answered HTTP {resp.status}", status=resp.status)
             return UpstreamReply(resp.status, body, resp.content_type or _JSON)
         if resp.content_type != "text/event-stream":
@@ -142,12 +143,6 @@ class DirectRelay(Relay):
 
     async def close(self) -> None:
         await self._pool.close()
-
-
-def _worker_trouble(status: int) -> bool:
-    """Statuses that are the worker's (or the gateway's) problem, not the client's: 5xx, a full
-    worker (429) and a refused gateway credential (401/403). Another worker may do better."""
-    return status >= 500 or status in (401, 403, 429)
 
 
 def upstream_request_id(request_id: str) -> str:

@@ -1,0 +1,239 @@
+"""The functions Hearth runs at a site through Globus Compute.
+
+Each is small, imports only `endpoints/` and the standard library (they run in a Globus
+Compute worker on a login node), takes one payload dict from `endpoints.protocol` and returns
+one result dict. They never raise for trouble with the engine: the failure is part of the
+result, so the gateway can tell a worker that refused from a site that broke.
+
+- `infer`: one non-streaming request to a worker.
+- `infer_stream`: a streaming request; the worker's SSE events are forwarded as they arrive
+  to the gateway's callback URL in one chunked POST, authenticated by a per-stream secret.
+  If the gateway stops reading (its client left), the function closes the worker connection,
+  which makes the engine abort the request.
+- `list_models`: what a worker serves.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import select
+from typing import Any
+from urllib.parse import urlsplit
+
+from endpoints.protocol import (
+    FUNCTIONS_VERSION,
+    MAX_PAYLOAD_BYTES,
+    Failure,
+    FailureKind,
+    InferRequest,
+    InferResult,
+    InferStreamRequest,
+    ModelsRequest,
+    ModelsResult,
+    StreamResult,
+    Worker,
+)
+
+__all__ = ["infer", "infer_stream", "list_models"]
+
+
+class _Failed(Exception):
+    def __init__(self, kind: FailureKind, detail: str, status: int | None = None) -> None:
+        super().__init__(detail)
+        self.failure: Failure = {"kind": kind, "detail": detail}
+        if status is not None:
+            self.failure["status"] = status
+
+
+def _open(url: str, timeout_s: float) -> tuple[http.client.HTTPConnection, str]:
+    """A connected HTTP(S) connection to the origin of `url`, and the URL's path."""
+    parts = urlsplit(url)
+    cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    conn = cls(parts.hostname or "", parts.port, timeout=timeout_s)
+    try:
+        conn.connect()
+    except TimeoutError as exc:
+        raise _Failed("connect", f"connecting to {parts.hostname}:{parts.port} timed out") from exc
+    except OSError as exc:
+        raise _Failed(
+            "connect", f"cannot connect to {parts.hostname}:{parts.port}: {exc.strerror or exc}"
+        ) from exc
+    return conn, parts.path.rstrip("/")
+
+
+def _headers(worker: Worker, request_id: str, accept: str) -> dict[str, str]:
+    headers = {"Content-Type": "application/json", "Accept": accept, "X-Request-ID": request_id}
+    if worker["api_key"]:
+        headers["Authorization"] = f"Bearer {worker['api_key']}"
+    return headers
+
+
+def _version_failure() -> Failure:
+    return {"kind": "version", "detail": f"site functions are version {FUNCTIONS_VERSION}"}
+
+
+def infer(req: InferRequest) -> InferResult:
+    if req.get("version") != FUNCTIONS_VERSION:
+        return {"version": FUNCTIONS_VERSION, "failure": _version_failure()}
+    worker = req["worker"]
+    conn: http.client.HTTPConnection | None = None
+    try:
+        conn, prefix = _open(worker["base_url"], req["timeout_s"])
+        conn.request(
+            "POST",
+            f"{prefix}/{req['path']}",
+            req["body"],
+            _headers(worker, req["request_id"], "application/json"),
+        )
+        resp = conn.getresponse()
+        body = resp.read()
+    except _Failed as exc:
+        return {"version": FUNCTIONS_VERSION, "failure": exc.failure}
+    except TimeoutError:
+        return _failure("timeout", f"no answer within {req['timeout_s']:g} s")
+    except (http.client.HTTPException, OSError) as exc:
+        return _failure("bad_response", f"the connection failed: {type(exc).__name__}: {exc}")
+    finally:
+        if conn is not None:
+            conn.close()
+    if len(body) > MAX_PAYLOAD_BYTES:
+        return _failure(
+            "bad_response", "the answer is larger than Globus Compute's result limit; stream it instead"
+        )
+    content_type = resp.getheader("Content-Type", "application/json").split(";", 1)[0].strip()
+    return {"version": FUNCTIONS_VERSION, "status": resp.status, "body": body, "content_type": content_type}
+
+
+def _failure(kind: FailureKind, detail: str) -> InferResult:
+    return {"version": FUNCTIONS_VERSION, "failure": {"kind": kind, "detail": detail}}
+
+
+def infer_stream(req: InferStreamRequest) -> StreamResult:
+    if req.get("version") != FUNCTIONS_VERSION:
+        return {"version": FUNCTIONS_VERSION, "events": 0, "failure": _version_failure()}
+    worker = req["worker"]
+    conn: http.client.HTTPConnection | None = None
+    callback: _Callback | None = None
+    events = 0
+    try:
+        conn, prefix = _open(worker["base_url"], req["timeout_s"])
+        headers = _headers(worker, req["request_id"], "text/event-stream")
+        conn.request("POST", f"{prefix}/{req['path']}", req["body"], headers)
+        resp = conn.getresponse()
+        content_type = resp.getheader("Content-Type", "").split(";", 1)[0].strip()
+        if resp.status >= 400 or content_type != "text/event-stream":
+            body = resp.read(MAX_PAYLOAD_BYTES)
+            return {"version": FUNCTIONS_VERSION, "events": 0, "status": resp.status, "body": body,
+                    "content_type": content_type or "application/json"}  # fmt: skip
+        if conn.sock is not None:
+            conn.sock.settimeout(req["idle_timeout_s"])
+        callback = _Callback(req["callback_url"], req["callback_token"], req["timeout_s"])
+        for event in _events(resp):
+            callback.send(event)
+            events += 1
+        callback.finish()
+        return {"version": FUNCTIONS_VERSION, "events": events}
+    except _Failed as exc:
+        return {"version": FUNCTIONS_VERSION, "events": events, "failure": exc.failure}
+    except TimeoutError:
+        detail = f"the stream stalled for more than {req['idle_timeout_s']:g} s"
+        return {
+            "version": FUNCTIONS_VERSION,
+            "events": events,
+            "failure": {"kind": "timeout", "detail": detail},
+        }
+    except (http.client.HTTPException, OSError) as exc:
+        detail = f"the worker's stream broke: {type(exc).__name__}: {exc}"
+        return {"version": FUNCTIONS_VERSION, "events": events,
+                "failure": {"kind": "stream_broken", "detail": detail}}  # fmt: skip
+    finally:
+        if conn is not None:
+            conn.close()  # before the end of the stream, this is what stops the engine
+        if callback is not None:
+            callback.close()
+
+
+def _events(resp: http.client.HTTPResponse) -> Any:
+    """SSE events (bytes ending in a blank line), from `\\n` or `\\r\\n` framed streams."""
+    lines: list[bytes] = []
+    while True:
+        line = resp.readline()
+        if not line:
+            if lines:
+                yield b"\n".join(lines) + b"\n\n"
+            return
+        line = line.rstrip(b"\r\n")
+        if line:
+            lines.append(line)
+        elif lines:
+            yield b"\n".join(lines) + b"\n\n"
+            lines = []
+
+
+class _Callback:
+    """One chunked POST to the gateway carrying a stream's events as they come."""
+
+    def __init__(self, url: str, token: str, timeout_s: float) -> None:
+        self._conn, path = _open(url, timeout_s)
+        try:
+            self._conn.putrequest("POST", path or "/")
+            self._conn.putheader("Authorization", f"Bearer {token}")
+            self._conn.putheader("Content-Type", "text/event-stream")
+            self._conn.putheader("Transfer-Encoding", "chunked")
+            self._conn.endheaders()
+        except OSError as exc:
+            self._conn.close()
+            raise _Failed("callback", f"cannot open the callback to the gateway: {exc}") from exc
+
+    def send(self, event: bytes) -> None:
+        try:
+            self._conn.send(b"%x\r\n%s\r\n" % (len(event), event))
+            sock = self._conn.sock
+            # The gateway only answers early to say its client left (410), then hangs up.
+            if sock is not None and select.select([sock], [], [], 0)[0]:
+                raise _Failed("callback", "the gateway ended the stream (its client left)")
+        except OSError as exc:  # the gateway hung up: its client is gone
+            raise _Failed("callback", "the gateway closed the stream (its client left)") from exc
+
+    def finish(self) -> None:
+        try:
+            self._conn.send(b"0\r\n\r\n")
+            resp = self._conn.getresponse()
+            resp.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise _Failed("callback", f"the gateway did not acknowledge the stream: {exc}") from exc
+        if resp.status >= 300:
+            raise _Failed("callback", f"the gateway refused the stream (HTTP {resp.status})", resp.status)
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def list_models(req: ModelsRequest) -> ModelsResult:
+    if req.get("version") != FUNCTIONS_VERSION:
+        return {"version": FUNCTIONS_VERSION, "failure": _version_failure()}
+    worker = req["worker"]
+    conn: http.client.HTTPConnection | None = None
+    try:
+        conn, prefix = _open(worker["base_url"], req["timeout_s"])
+        headers = {"Authorization": f"Bearer {worker['api_key']}"} if worker["api_key"] else {}
+        conn.request("GET", f"{prefix}/models", headers=headers)
+        resp = conn.getresponse()
+        raw = resp.read()
+    except _Failed as exc:
+        return {"version": FUNCTIONS_VERSION, "failure": exc.failure}
+    except (TimeoutError, http.client.HTTPException, OSError) as exc:
+        return {"version": FUNCTIONS_VERSION, "failure": {"kind": "bad_response", "detail": str(exc)}}
+    finally:
+        if conn is not None:
+            conn.close()
+    if resp.status != 200:
+        failure: Failure = {"kind": "bad_response", "detail": f"GET /models answered HTTP {resp.status}",
+                            "status": resp.status}  # fmt: skip
+        return {"version": FUNCTIONS_VERSION, "failure": failure}
+    try:
+        return {"version": FUNCTIONS_VERSION, "models": [str(m["id"]) for m in json.loads(raw)["data"]]}
+    except (ValueError, KeyError, TypeError):
+        bad: Failure = {"kind": "bad_response", "detail": "GET /models did not return a model list"}
+        return {"version": FUNCTIONS_VERSION, "failure": bad}
