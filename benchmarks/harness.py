@@ -5,10 +5,11 @@ compared against a baseline measured on the same machine at the same time."""
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,12 @@ class Target:
 
 @contextmanager
 def sim_engine(
-    model: str = "sim-model", *, ttft_ms: float = 0, itl_ms: float = 0, max_concurrency: int = 1024
+    model: str = "sim-model",
+    *,
+    ttft_ms: float = 0,
+    itl_ms: float = 0,
+    max_concurrency: int = 1024,
+    extra: Sequence[str] = (),
 ) -> Iterator[Target]:
     port = free_port()
     key = "bench-worker-key"
@@ -45,6 +51,7 @@ def sim_engine(
             ttft_ms=ttft_ms,
             itl_ms=itl_ms,
             max_concurrency=max_concurrency,
+            extra=extra,
         ),
         f"http://127.0.0.1:{port}/health",
         quiet=True,
@@ -57,16 +64,27 @@ def sim_engine(
 
 
 @contextmanager
-def gateway(upstream: Target, *, data_dir: str, extra: list[str] | None = None) -> Iterator[Target]:
+def gateway(upstream: Target, *, data_dir: str, relay: str = "direct") -> Iterator[Target]:
+    """A gateway (`hearth serve`, default settings) in front of `upstream`, reached through
+    `relay`: "direct", or "compute" (Globus Compute's engine in the gateway, local workers)."""
     port = free_port()
     key = "bench-client-key"
-    config = Path(data_dir) / "hearth.yaml"
-    config.write_text(f"store: {{url: 'sqlite:///{data_dir}/bench.db'}}\n")
+    cluster: dict[str, object] = {
+        "relay": relay,
+        "upstreams": [{"url": upstream.base_url, "api_key": upstream.api_key}],
+    }
+    if relay == "compute":
+        cluster["compute"] = {"mode": "local", "provider": "local", "run_dir": f"{data_dir}/compute"}
+    config = Path(data_dir) / f"hearth-{port}.yaml"
+    config.write_text(
+        json.dumps(
+            {"store": {"url": f"sqlite:///{data_dir}/bench-{port}.db"}, "clusters": {"bench": cluster}}
+        )
+    )  # JSON is YAML
     argv = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config),
-            "--upstream", upstream.base_url, "--upstream-api-key", upstream.api_key,
-            "--api-key", key, "--port", str(port), *(extra or [])]  # fmt: skip
+            "--api-key", key, "--port", str(port)]  # fmt: skip
     proc = LocalProcess(argv, f"http://127.0.0.1:{port}/ready", quiet=True)
-    proc.start()
+    proc.start(timeout_s=120)
     try:
         yield Target("gateway", f"http://127.0.0.1:{port}/v1", key)
     finally:

@@ -66,6 +66,7 @@ def sim_argv(
     ttft_ms: float = 50.0,
     itl_ms: float = 10.0,
     max_concurrency: int = 64,
+    extra: Sequence[str] = (),
 ) -> list[str]:
     argv = [
         sys.executable,
@@ -86,6 +87,7 @@ def sim_argv(
     ]
     if api_key:
         argv.append(f"--api-key={api_key}")  # one word: a key may start with "-"
+    argv.extend(extra)
     return argv
 
 

@@ -24,6 +24,7 @@ import hmac
 import logging
 import signal
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -79,6 +80,7 @@ class SimConfig:
     embedding_dim: int = 64
     api_key: str | None = None  # like `vllm serve --api-key`: /v1/* needs `Bearer <key>`
     fail_status: int | None = None  # fault injection: every /v1 request answers this status
+    stamp_events: bool = False  # benchmarks: a `: sent=<unix time>` comment before each write
 
     def __post_init__(self) -> None:
         if self.ttft_ms < 0 or self.itl_ms < 0:
@@ -195,7 +197,7 @@ async def _stream(request: web.Request, job: Job, config: SimConfig, state: SimS
                 pending.append(chunks.role())
             for i in range(job.max_tokens):
                 if i and config.itl_ms > 0:
-                    await response.write(b"".join(pending))
+                    await response.write(_stamp(config) + b"".join(pending))
                     pending.clear()
                     await _sleep_ms(config.itl_ms)
                 text = token_text(i)
@@ -209,12 +211,18 @@ async def _stream(request: web.Request, job: Job, config: SimConfig, state: SimS
             if job.include_usage:
                 pending.append(chunks.usage())
             pending.append(DONE_EVENT)
-            await response.write(b"".join(pending))
+            await response.write(_stamp(config) + b"".join(pending))
             state.record_success("length")
         await response.write_eof()
     except ConnectionResetError:
         log.debug("client went away mid-stream")  # counted and freed by _slot
     return response
+
+
+def _stamp(config: SimConfig) -> bytes:
+    """An SSE comment with the time of the write (clients ignore comments), so a benchmark on
+    the same host can measure how long each chunk takes to reach it through a relay."""
+    return b": sent=%.6f\n\n" % time.time() if config.stamp_events else b""
 
 
 # ---------------------------------------------------------------- routes
@@ -356,6 +364,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--embedding-dim", type=int, default=default.embedding_dim)
     parser.add_argument("--api-key", default=None)
     parser.add_argument("--fail-status", type=int, default=None)
+    parser.add_argument(
+        "--stamp-events", action="store_true", help="benchmarks: a `: sent=<time>` comment before each write"
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
@@ -370,6 +381,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             embedding_dim=args.embedding_dim,
             api_key=args.api_key,
             fail_status=args.fail_status,
+            stamp_events=args.stamp_events,
         )
     except ValueError as exc:
         parser.error(str(exc))
