@@ -18,6 +18,7 @@ from __future__ import annotations
 import http.client
 import json
 import select
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -35,7 +36,7 @@ from endpoints.protocol import (
     Worker,
 )
 
-__all__ = ["infer", "infer_stream", "list_models"]
+__all__ = ["SITE_FUNCTIONS", "infer", "infer_stream", "list_models"]
 
 
 class _Failed(Exception):
@@ -237,3 +238,12 @@ def list_models(req: ModelsRequest) -> ModelsResult:
     except (ValueError, KeyError, TypeError):
         bad: Failure = {"kind": "bad_response", "detail": "GET /models did not return a model list"}
         return {"version": FUNCTIONS_VERSION, "failure": bad}
+
+
+# What is registered with Globus Compute and allowed on a Hearth endpoint, by the name the
+# gateway calls it by (`compute.function_ids` in hearth.yaml).
+SITE_FUNCTIONS: dict[str, Callable[[Any], Any]] = {
+    "infer": infer,
+    "infer_stream": infer_stream,
+    "list_models": list_models,
+}

@@ -27,6 +27,8 @@ config_app = typer.Typer(no_args_is_help=True, help="Check configuration files."
 keys_app = typer.Typer(no_args_is_help=True, help="Manage API keys (stored hashed; shown once).")
 app.add_typer(config_app, name="config")
 app.add_typer(keys_app, name="keys")
+endpoint_app = typer.Typer(no_args_is_help=True, help="Set up a site's Globus Compute endpoint for Hearth.")
+app.add_typer(endpoint_app, name="endpoint")
 
 out = Console()
 err = Console(stderr=True)
@@ -270,6 +272,49 @@ def keys_revoke(
     out.print(
         f"{key_id} was already revoked." if outcome == "already" else f"Revoked {key_id}.", markup=False
     )
+
+
+@endpoint_app.command("register-functions")
+def endpoint_register_functions(
+    endpoint_config: Annotated[
+        Path | None, typer.Option(help="Write the endpoint's config.yaml (allowed_functions) here.")
+    ] = None,
+    worker_init: Annotated[str, typer.Option(help="Shell lines that activate Hearth's environment.")] = "",
+    access_token: Annotated[
+        str | None,
+        typer.Option(
+            help="A Globus Compute access token; without one you are asked to log in.",
+            envvar="HEARTH_COMPUTE_ACCESS_TOKEN",
+        ),
+    ] = None,
+) -> None:
+    """Register Hearth's site functions with Globus Compute; print the ids for hearth.yaml."""
+    from endpoints.registration import endpoint_config as render_config
+    from endpoints.registration import register, with_compute_client, with_sdk_client
+
+    if access_token:
+        import globus_sdk
+
+        compute = globus_sdk.ComputeClientV3(authorizer=globus_sdk.AccessTokenAuthorizer(access_token))
+        register_one = with_compute_client(compute)
+    else:
+        from globus_compute_sdk import Client
+
+        register_one = with_sdk_client(Client())
+    with out.status("Registering Hearth's site functions…"):
+        ids = register(register_one)
+    table = Table("function", "id", title="Registered with Globus Compute")
+    for name, fid in ids.items():
+        table.add_row(name, fid)
+    out.print(table)
+    out.print("Put these in hearth.yaml under clusters.<name>.compute:", markup=False)
+    print("      function_ids:")
+    for name, fid in ids.items():
+        print(f"        {name}: {fid}")
+    if endpoint_config is not None:
+        endpoint_config.parent.mkdir(parents=True, exist_ok=True)
+        endpoint_config.write_text(render_config(ids, worker_init=worker_init))
+        out.print(f"Wrote {escape(str(endpoint_config))} (allowed_functions: these ids only).")
 
 
 class _store:

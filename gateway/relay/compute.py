@@ -17,7 +17,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Protocol
 
-from endpoints import functions
+from endpoints.functions import SITE_FUNCTIONS
 from endpoints.local import LocalCompute
 from endpoints.protocol import (
     FUNCTIONS_VERSION,
@@ -62,11 +62,7 @@ class ComputeTransport(Protocol):
 class LocalTransport:
     """The site functions through `endpoints.local.LocalCompute` (no cloud hop)."""
 
-    FUNCTIONS: Mapping[str, Callable[[Any], Any]] = {
-        "infer": functions.infer,
-        "infer_stream": functions.infer_stream,
-        "list_models": functions.list_models,
-    }
+    FUNCTIONS: Mapping[str, Callable[[Any], Any]] = SITE_FUNCTIONS
 
     def __init__(self, compute: LocalCompute) -> None:
         self.compute = compute
