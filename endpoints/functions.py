@@ -11,14 +11,17 @@ result, so the gateway can tell a worker that refused from a site that broke.
   If the gateway stops reading (its client left), the function closes the worker connection,
   which makes the engine abort the request.
 - `list_models`: what a worker serves.
+- `status`, `start_worker`, `stop_worker`: the site's workers (`endpoints.workers`), as
+  configured in the site's own config (`endpoints.site`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import select
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -32,11 +35,17 @@ from endpoints.protocol import (
     InferStreamRequest,
     ModelsRequest,
     ModelsResult,
+    SiteRequest,
+    SiteResult,
     StreamResult,
     Worker,
+    WorkerState,
 )
+from endpoints.site import SiteConfigError, load_site
+from endpoints.slurm import SlurmError
+from endpoints.workers import WorkerError, Workers
 
-__all__ = ["SITE_FUNCTIONS", "infer", "infer_stream", "list_models"]
+__all__ = ["SITE_FUNCTIONS", "infer", "infer_stream", "list_models", "start_worker", "status", "stop_worker"]
 
 
 class _Failed(Exception):
@@ -240,10 +249,59 @@ def list_models(req: ModelsRequest) -> ModelsResult:
         return {"version": FUNCTIONS_VERSION, "failure": bad}
 
 
+def status(req: SiteRequest) -> SiteResult:
+    """The site's workers (with addresses and keys of the READY ones), free nodes, queue."""
+    return _site(req, _status)
+
+
+def start_worker(req: SiteRequest) -> SiteResult:
+    """Submit a worker job for `req["model"]`."""
+    return _site(req, _start)
+
+
+def stop_worker(req: SiteRequest) -> SiteResult:
+    """Drain (default) or cancel `req["worker_id"]`."""
+    return _site(req, _stop)
+
+
+async def _status(workers: Workers, req: SiteRequest) -> SiteResult:
+    views = await workers.list()
+    free = await workers.slurm.free_nodes(workers.site.partition or None)
+    queued = sum(1 for v in views if v.state is WorkerState.PENDING)
+    return {"version": FUNCTIONS_VERSION, "cluster": workers.site.cluster,
+            "workers": [v.to_wire() for v in views], "free_nodes": free, "queued": queued}  # fmt: skip
+
+
+async def _start(workers: Workers, req: SiteRequest) -> SiteResult:
+    view = await workers.start(req["model"])
+    return {"version": FUNCTIONS_VERSION, "cluster": workers.site.cluster, "worker": view.to_wire()}
+
+
+async def _stop(workers: Workers, req: SiteRequest) -> SiteResult:
+    view = await workers.stop(req["worker_id"], drain=req.get("drain", True))
+    return {"version": FUNCTIONS_VERSION, "cluster": workers.site.cluster, "worker": view.to_wire()}
+
+
+def _site(
+    req: SiteRequest, work: Callable[[Workers, SiteRequest], Coroutine[Any, Any, SiteResult]]
+) -> SiteResult:
+    if req.get("version") != FUNCTIONS_VERSION:
+        return {"version": FUNCTIONS_VERSION, "failure": _version_failure()}
+    try:
+        workers = Workers(load_site(req.get("site_config")))
+        return asyncio.run(work(workers, req))
+    except (SiteConfigError, WorkerError, SlurmError, KeyError) as exc:
+        detail = f"missing {exc} in the request" if isinstance(exc, KeyError) else str(exc)
+        return {"version": FUNCTIONS_VERSION, "failure": {"kind": "site", "detail": detail}}
+
+
 # What is registered with Globus Compute and allowed on a Hearth endpoint, by the name the
 # gateway calls it by (`compute.function_ids` in hearth.yaml).
 SITE_FUNCTIONS: dict[str, Callable[[Any], Any]] = {
     "infer": infer,
     "infer_stream": infer_stream,
     "list_models": list_models,
+    "status": status,
+    "start_worker": start_worker,
+    "stop_worker": stop_worker,
 }

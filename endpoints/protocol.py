@@ -8,6 +8,7 @@ Both `gateway/` and `endpoints/` import this module; it imports neither.
 
 from __future__ import annotations
 
+import enum
 from typing import Any, Literal, NotRequired, TypedDict
 
 # Bump when a payload or result below changes shape.
@@ -16,6 +17,17 @@ FUNCTIONS_VERSION = "1"
 # Globus Compute refuses task payloads and results above 10 MB
 # (https://globus-compute.readthedocs.io/en/latest/limits.html); keep a margin for framing.
 MAX_PAYLOAD_BYTES = 9 * 1024 * 1024
+
+
+class WorkerState(enum.Enum):
+    """A worker's life: PENDING → STARTING → READY → DRAINING → GONE, or FAILED."""
+
+    PENDING = "pending"  # the job waits in Slurm's queue
+    STARTING = "starting"  # the job runs; the engine loads (or does not answer its probe yet)
+    READY = "ready"  # health passes and a 1-token probe answers
+    DRAINING = "draining"  # finishing what runs before it stops (walltime, pre-emption, stop)
+    GONE = "gone"  # stopped as asked, or ended normally
+    FAILED = "failed"  # ended on its own before or while serving; `reason` says why
 
 
 class Worker(TypedDict):
@@ -40,7 +52,7 @@ class InferStreamRequest(InferRequest):
     idle_timeout_s: float
 
 
-FailureKind = Literal["connect", "timeout", "bad_response", "stream_broken", "callback", "version"]
+FailureKind = Literal["connect", "timeout", "bad_response", "stream_broken", "callback", "version", "site"]
 
 
 class Failure(TypedDict):
@@ -80,6 +92,26 @@ class ModelsRequest(TypedDict):
 class ModelsResult(TypedDict):
     version: str
     models: NotRequired[list[str]]
+    failure: NotRequired[Failure]
+
+
+class SiteRequest(TypedDict):
+    """For status / start_worker / stop_worker. `site_config` overrides HEARTH_SITE_CONFIG."""
+
+    version: str
+    site_config: NotRequired[str]
+    model: NotRequired[str]  # start_worker
+    worker_id: NotRequired[str]  # stop_worker
+    drain: NotRequired[bool]  # stop_worker: finish what runs first (default true)
+
+
+class SiteResult(TypedDict):
+    version: str
+    cluster: NotRequired[str]
+    workers: NotRequired[list[dict[str, Any]]]  # WorkerView.to_wire()
+    worker: NotRequired[dict[str, Any]]
+    free_nodes: NotRequired[int]
+    queued: NotRequired[int]
     failure: NotRequired[Failure]
 
 

@@ -10,6 +10,8 @@ import pytest
 from tests.support.gateway import Gateway, Sim, start_gateway, start_sim, upstream
 from tests.support.postgres import postgres_database
 
+pytest_plugins = ["tests.support.slurm_fixtures"]
+
 
 @pytest.fixture(scope="session")
 def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -8,7 +8,8 @@ reading has two traps this module closes (checked against llama-cpp-python 0.3.3
 - `__main__` passes `os.getenv("HOST")` / `os.getenv("PORT")` to uvicorn ahead of `--host` /
   `--port`, and a `HOST` left in a login environment (tcsh sets one) would move the server; so
   `HOST` and `PORT` are set to the same values as the flags.
-- `CONFIG_FILE`, when set, replaces every flag with a config file; it is set empty.
+- `CONFIG_FILE`, when set at all (even empty), replaces every flag with a config file: the
+  command runs under `env -u CONFIG_FILE`.
 
 Other fields still fall back to like-named variables (`VERBOSE`, `N_GPU_LAYERS`, ...) when
 no flag gives them; `apptainer exec --cleanenv` removes that last surprise.
@@ -48,6 +49,11 @@ def llamacpp_launch(
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     port_arg = port_word(port)
     argv: list[Word] = [
+        # The server reads CONFIG_FILE from the environment and, when it is set at all (even
+        # empty), replaces every flag with that file: make sure it is not set.
+        "env",
+        "-u",
+        "CONFIG_FILE",
         python,
         "-m",
         "llama_cpp.server",
@@ -63,6 +69,5 @@ def llamacpp_launch(
         "API_KEY": EnvRef(api_key_env),
         "HOST": host,
         "PORT": port_arg,
-        "CONFIG_FILE": "",
     }
     return EngineLaunch(tuple(argv), env, health_path="/v1/models", metrics_path=None)

@@ -269,11 +269,12 @@ def test_llamacpp_argv_and_environment(recorder: str) -> None:
         "--n_threads=8",
         "--n_gpu_layers=0",
     ]
-    # The key through pydantic-settings' API_KEY; HOST/PORT/CONFIG_FILE pinned (see the module).
+    # The key through pydantic-settings' API_KEY; HOST/PORT pinned, CONFIG_FILE unset (a set
+    # one, even empty, replaces every flag: see the module).
     assert seen["env"]["API_KEY"] == SECRET
     assert seen["env"]["HOST"] == "127.0.0.1"
     assert seen["env"]["PORT"] == "8123"
-    assert seen["env"]["CONFIG_FILE"] == ""
+    assert "CONFIG_FILE" not in seen["env"]
     assert_key_hidden(launch, seen)
 
 
@@ -409,12 +410,14 @@ def test_apptainer_without_gpus_or_binds(recorder: str) -> None:
     inner = llamacpp_launch("/models/tiny.gguf", "tiny", "127.0.0.1", PORT, WORKER_KEY_ENV)
     launch = apptainer_wrap(inner, "/sw/hearth/llamacpp.sif", gpus=False, executable=recorder)
     seen = run(launch)
-    assert seen["argv"][:4] == ["exec", "--cleanenv", "/sw/hearth/llamacpp.sif", "python3"]
+    assert seen["argv"][:7] == [
+        "exec", "--cleanenv", "/sw/hearth/llamacpp.sif", "env", "-u", "CONFIG_FILE", "python3"
+    ]  # fmt: skip
     assert "--nv" not in seen["argv"]
     assert "--bind" not in seen["argv"]
     assert "APPTAINERENV_CUDA_VISIBLE_DEVICES" not in seen["env"]
     assert seen["env"]["APPTAINERENV_API_KEY"] == SECRET
-    assert seen["env"]["APPTAINERENV_CONFIG_FILE"] == ""
+    assert "APPTAINERENV_CONFIG_FILE" not in seen["env"]
     assert launch.health_path == "/v1/models"
     assert_key_hidden(launch, seen)
 
