@@ -27,6 +27,8 @@ config_app = typer.Typer(no_args_is_help=True, help="Check configuration files."
 keys_app = typer.Typer(no_args_is_help=True, help="Manage API keys (stored hashed; shown once).")
 app.add_typer(config_app, name="config")
 app.add_typer(keys_app, name="keys")
+slurm_app = typer.Typer(no_args_is_help=True, help="Inspect the Slurm jobs Hearth submits.")
+app.add_typer(slurm_app, name="slurm")
 endpoint_app = typer.Typer(no_args_is_help=True, help="Set up a site's Globus Compute endpoint for Hearth.")
 app.add_typer(endpoint_app, name="endpoint")
 
@@ -272,6 +274,35 @@ def keys_revoke(
     out.print(
         f"{key_id} was already revoked." if outcome == "already" else f"Revoked {key_id}.", markup=False
     )
+
+
+@slurm_app.command("render")
+def slurm_render(
+    template: Annotated[str, typer.Argument(help="Which job: worker.")],
+    model: Annotated[str, typer.Option(help="A model of the site config.")],
+    site_config: Annotated[
+        Path | None,
+        typer.Option(help="The site's site.yaml (default: $HEARTH_SITE_CONFIG or ~/.hearth/site.yaml)."),
+    ] = None,
+    cluster: Annotated[str | None, typer.Option(help="Check that the site config is this cluster's.")] = None,
+) -> None:
+    """Print the exact batch script Hearth would submit, to read or to `sbatch` by hand."""
+    from endpoints.site import SiteConfigError, load_site
+    from endpoints.workers import WorkerError, render_worker
+
+    if template != "worker":
+        err.print(f"[red]Unknown template {escape(template)!r}: only 'worker' is rendered per model.[/red]")
+        raise typer.Exit(2)
+    try:
+        site = load_site(site_config)
+        if cluster is not None and cluster != site.cluster:
+            raise SiteConfigError(f"the site config is for cluster {site.cluster!r}, not {cluster!r}")
+        script = render_worker(site, model, "wPREVIEW0000", site.keys_dir / "wPREVIEW0000.key")
+    except (SiteConfigError, WorkerError) as exc:
+        err.print(f"[red]{escape(str(exc))}[/red]")
+        raise typer.Exit(1) from None
+    # Submitting it by hand needs the key file it names: (umask 077; openssl rand -hex 32 > FILE)
+    print(script, end="")
 
 
 @endpoint_app.command("register-functions")
