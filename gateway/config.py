@@ -123,13 +123,24 @@ class ComputeSettings(_Section):
     worker_init: str = Field(default="", description="Shell lines run before the worker pool starts.")
     max_workers: int = Field(default=8, ge=1, description="Concurrent tasks (streams count) per node.")
     run_dir: str = Field(default="var/compute", description="The engine's working directory.")
+    discover_workers: bool = Field(
+        default=False,
+        description="Ask the site (its `status` function) for READY workers, in addition to `upstreams`.",
+    )
+    site_config: str | None = Field(
+        default=None,
+        description="The site.yaml the site functions read, if not $HEARTH_SITE_CONFIG at the endpoint.",
+    )
 
     def model_post_init(self, context: Any, /) -> None:
         if self.mode == "cloud":
-            missing = {"infer", "infer_stream", "list_models"} - set(self.function_ids)
+            needed = {"infer", "infer_stream", "list_models"} | (
+                {"status"} if self.discover_workers else set()
+            )
+            missing = needed - set(self.function_ids)
             if not self.endpoint_id or missing:
                 raise ValueError(
-                    "cloud mode needs endpoint_id and function_ids for infer, infer_stream and list_models"
+                    f"cloud mode needs endpoint_id and function_ids for {', '.join(sorted(needed))}"
                     " (see `hearth endpoint register-functions`)"
                 )
 

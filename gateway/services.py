@@ -26,6 +26,7 @@ from gateway.relay.direct import DirectRelay
 from gateway.relay.dispatch import Dispatcher
 from gateway.routing.catalogue import Catalogue, ModelRule, UpstreamSource
 from gateway.routing.router import Router
+from gateway.routing.sites import SiteDirectory
 from gateway.store.database import Database
 from gateway.store.keys import KeyStore
 from gateway.store.usage import UsageRecorder
@@ -68,7 +69,12 @@ class Services:
         )
         bridge = StreamBridge()
         relay = ClusterRelays(compute_relays(settings, bridge), default=direct)
-        catalogue = Catalogue(upstream_sources(settings), relay, model_rules(settings))
+        directories = [
+            SiteDirectory(name, compute, settings.clusters[name].compute.site_config)
+            for name, compute in relay.by_cluster.items()
+            if isinstance(compute, ComputeRelay) and settings.clusters[name].compute.discover_workers
+        ]
+        catalogue = Catalogue(upstream_sources(settings), relay, model_rules(settings), directories)
         router = Router(catalogue, cooldown_s=r.failure_cooldown_s)
         dispatcher = Dispatcher(router, relay, metrics, usage, max_attempts=r.max_attempts)
         auth = Authenticator(

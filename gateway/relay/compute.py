@@ -25,6 +25,7 @@ from endpoints.protocol import (
     InferRequest,
     InferStreamRequest,
     ModelsRequest,
+    SiteRequest,
     Worker,
     version_mismatch,
 )
@@ -172,6 +173,16 @@ class ComputeRelay(Relay):
         if "status" in result:
             return _reply(upstream, result)
         raise StreamBroken(upstream, "the worker's stream ended before any event")
+
+    async def site_status(self, cluster: str, site_config: str | None) -> dict[str, Any]:
+        """The site's `status`: its workers (READY ones with address and key), nodes, queue."""
+        req: SiteRequest = {"version": FUNCTIONS_VERSION}
+        if site_config:
+            req["site_config"] = site_config
+        where = Upstream(name=f"{cluster}/site", cluster=cluster, base_url="")
+        result = await self._call(where, "status", req, _TASK_MARGIN_S)
+        _raise_failure(where, result)
+        return result
 
     async def list_models(self, upstream: Upstream) -> list[str]:
         req: ModelsRequest = {"version": FUNCTIONS_VERSION, "worker": _worker(upstream), "timeout_s": 10.0}

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from gateway.relay.base import Relay, RelayError, Upstream
 
@@ -42,14 +43,25 @@ class ModelRule:
     served_name: str | None = None
 
 
+class WorkerDirectory(Protocol):
+    """A site that says which of its workers are READY (the `status` site function)."""
+
+    cluster: str
+
+    async def ready_workers(self) -> list[UpstreamSource]: ...
+
+
 class Catalogue:
     def __init__(
         self,
         sources: Iterable[UpstreamSource],
         relay: Relay,
         rules: dict[str, ModelRule] | None = None,
+        directories: Iterable[WorkerDirectory] = (),
     ) -> None:
-        self._sources = list(sources)
+        self._static = list(sources)
+        self._sources = list(self._static)
+        self._directories = list(directories)
         self._relay = relay
         self._rules = rules or {}
         self._served: dict[str, tuple[str, ...]] = {
@@ -67,7 +79,8 @@ class Catalogue:
         return [(m, self._created[m]) for m in sorted(self._by_model)]
 
     async def refresh(self) -> None:
-        """Ask every discovering upstream for its models, concurrently."""
+        """Ask every site for its READY workers and every discovering upstream for its models."""
+        await self._refresh_directories()
         discovering = [s.upstream for s in self._sources if s.models is None]
         results = await asyncio.gather(
             *(self._relay.list_models(u) for u in discovering), return_exceptions=True
@@ -82,6 +95,31 @@ class Catalogue:
             else:
                 self._served[upstream.name] = tuple(result)
         self._rebuild()
+
+    async def _refresh_directories(self) -> None:
+        if not self._directories:
+            return
+        found = await asyncio.gather(*(d.ready_workers() for d in self._directories), return_exceptions=True)
+        dynamic: list[UpstreamSource] = []
+        for directory, result in zip(self._directories, found, strict=True):
+            if isinstance(result, RelayError):
+                # Keep what the site said last time: its workers are most likely still there.
+                log.warning(
+                    "worker discovery failed", extra={"cluster": directory.cluster, "reason": result.detail}
+                )
+                dynamic.extend(
+                    s
+                    for s in self._sources
+                    if s not in self._static and s.upstream.cluster == directory.cluster
+                )
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                dynamic.extend(result)
+        self._sources = self._static + dynamic
+        for source in dynamic:
+            if source.models is not None:
+                self._served[source.upstream.name] = source.models
 
     async def run_discovery(self, interval_s: float) -> None:
         while True:

@@ -168,3 +168,37 @@ def test_unknown_model_is_a_clear_site_failure(site_config: Path, site: SiteCall
     )
     assert compute_result["failure"]["kind"] == "site"
     assert "does not serve 'nope'" in compute_result["failure"]["detail"]
+
+
+def test_gateway_discovers_ready_workers_from_the_site(
+    site: SiteCall, site_config: Path, logs: Path, tmp_path: Path
+) -> None:
+    """No upstream in hearth.yaml: the gateway asks the site (status) and serves its READY workers."""
+    cluster = {
+        "relay": "compute",
+        "compute": {"mode": "local", "provider": "local", "run_dir": str(tmp_path / "gw-engine"),
+                    "discover_workers": True, "site_config": str(site_config)},
+        "upstreams": [],
+    }  # fmt: skip
+    gw = start_gateway(logs, clusters={"site": cluster}, store_url=f"sqlite:///{tmp_path}/gw.db",
+                       relay={"discovery_interval_s": 1})  # fmt: skip
+    try:
+        assert "tiny-llama" not in [m.id for m in gw.client().models.list().data]
+        started = site(start_worker, model="tiny-llama")["worker"]
+        worker, _ = wait_for_state(site, started["worker_id"], {"ready", "failed"})
+        assert worker["state"] == "ready", worker
+        deadline = time.monotonic() + 30
+        while "tiny-llama" not in [m.id for m in gw.client().models.list().data]:
+            assert time.monotonic() < deadline, "the gateway never listed the READY worker's model"
+            time.sleep(0.5)
+        reply = gw.client().completions.create(model="tiny-llama", prompt="hello", max_tokens=3)
+        assert reply.usage is not None
+        assert reply.usage.completion_tokens == 3
+        site(stop_worker, worker_id=worker["worker_id"], drain=False)
+        wait_for_state(site, worker["worker_id"], {"gone", "failed"}, timeout=60)
+        deadline = time.monotonic() + 30
+        while "tiny-llama" in [m.id for m in gw.client().models.list().data]:
+            assert time.monotonic() < deadline, "the stopped worker's model stayed listed"
+            time.sleep(0.5)
+    finally:
+        gw.stop()

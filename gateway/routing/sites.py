@@ -1,0 +1,36 @@
+"""Workers found by asking a site: the READY workers its `status` function reports.
+
+For a `compute` cluster with `compute.discover_workers`, the catalogue asks the site (through
+Globus Compute) which workers are READY; each becomes an upstream serving its model, reached
+at the address and with the key the site gives. Workers that stop being READY drop out at the
+next refresh.
+"""
+
+from __future__ import annotations
+
+from gateway.relay.base import Upstream
+from gateway.relay.compute import ComputeRelay
+from gateway.routing.catalogue import UpstreamSource
+
+
+class SiteDirectory:
+    def __init__(self, cluster: str, relay: ComputeRelay, site_config: str | None = None) -> None:
+        self.cluster = cluster
+        self.relay = relay
+        self.site_config = site_config
+
+    async def ready_workers(self) -> list[UpstreamSource]:
+        status = await self.relay.site_status(self.cluster, self.site_config)
+        return [
+            UpstreamSource(
+                Upstream(
+                    name=f"{self.cluster}/{w['worker_id']}",
+                    cluster=self.cluster,
+                    base_url=w["base_url"],
+                    api_key=w.get("api_key"),
+                ),
+                (str(w["model"]),),
+            )
+            for w in status.get("workers", [])
+            if w.get("state") == "ready" and w.get("base_url")
+        ]
