@@ -21,7 +21,7 @@ import asyncio
 import http.client
 import json
 import select
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -43,6 +43,7 @@ from endpoints.protocol import (
 )
 from endpoints.site import SiteConfigError, load_site
 from endpoints.slurm import SlurmError
+from endpoints.sse import EventFramer
 from endpoints.workers import WorkerError, Workers
 
 __all__ = ["SITE_FUNCTIONS", "infer", "infer_stream", "list_models", "start_worker", "status", "stop_worker"]
@@ -164,21 +165,14 @@ def infer_stream(req: InferStreamRequest) -> StreamResult:
             callback.close()
 
 
-def _events(resp: http.client.HTTPResponse) -> Any:
-    """SSE events (bytes ending in a blank line), from `\\n` or `\\r\\n` framed streams."""
-    lines: list[bytes] = []
-    while True:
-        line = resp.readline()
-        if not line:
-            if lines:
-                yield b"\n".join(lines) + b"\n\n"
-            return
-        line = line.rstrip(b"\r\n")
-        if line:
-            lines.append(line)
-        elif lines:
-            yield b"\n".join(lines) + b"\n\n"
-            lines = []
+def _events(resp: http.client.HTTPResponse) -> Iterator[bytes]:
+    """Whole SSE events from the worker's response, as they arrive."""
+    framer = EventFramer()
+    while line := resp.readline():
+        if (event := framer.line(line)) is not None:
+            yield event
+    if (event := framer.end()) is not None:
+        yield event
 
 
 class _Callback:

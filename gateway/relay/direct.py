@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 
 import orjson
 
+from endpoints.sse import EventFramer
 from gateway.relay.base import (
     BadResponse,
     ConnectFailed,
@@ -173,20 +174,13 @@ class _SSEStream(EventStream):
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         resp = self._resp
-        lines: list[bytes] = []
+        framer = EventFramer()
         try:
-            while True:
-                line = await resp.readline()
-                if not line:  # the end of the body
-                    if lines:
-                        yield b"\n".join(lines) + b"\n\n"
-                    return
-                line = line.rstrip(b"\r\n")
-                if line:
-                    lines.append(line)
-                elif lines:
-                    yield b"\n".join(lines) + b"\n\n"
-                    lines = []
+            while line := await resp.readline():
+                if (event := framer.line(line)) is not None:
+                    yield event
+            if (event := framer.end()) is not None:
+                yield event
         except TimeoutError as exc:
             raise TimedOut(self.upstream, "the stream stalled past the idle time limit") from exc
         except ConnectionLost as exc:

@@ -16,7 +16,15 @@ import pytest
 
 from endpoints.protocol import MAX_PAYLOAD_BYTES
 from tests.integration.test_streaming import sim_metric, wait_for
-from tests.support.gateway import Gateway, Sim, start_gateway, start_sim, upstream
+from tests.support.gateway import (
+    Gateway,
+    Sim,
+    assert_ends_with_error_event,
+    interrupted_stream,
+    start_gateway,
+    start_sim,
+    upstream,
+)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +56,6 @@ def gw(
         logs, clusters={"site": cluster}, store_url=f"sqlite:///{tmp}/h.db",
         server={"max_body_bytes": 32 * 1024 * 1024}, relay={"stream_idle_timeout_s": 5},
     )  # fmt: skip
-    g.proc.timeout = 120
     yield g
     g.stop()
 
@@ -99,16 +106,7 @@ def test_completions_stream_and_concurrency(gw: Gateway) -> None:
 
 def test_client_leaving_stops_the_engine(gw: Gateway, site_sim: Sim) -> None:
     before = sim_metric(site_sim, "hearth_sim_requests_cancelled_total")
-    body = {"model": "site-model", "prompt": "go", "max_tokens": 500, "stream": True}
-    with (
-        httpx.Client(timeout=30) as client,
-        client.stream(
-            "POST", f"{gw.url}/completions", json=body, headers={"Authorization": f"Bearer {gw.api_key}"}
-        ) as resp,
-    ):
-        lines = resp.iter_lines()
-        for _ in range(6):
-            next(lines)
+    interrupted_stream(gw, {"model": "site-model", "prompt": "go", "max_tokens": 500, "stream": True}, None)
     # The gateway tells the site function (410 on its callback); it closes the engine stream.
     assert wait_for(lambda: sim_metric(site_sim, "hearth_sim_requests_cancelled_total") == before + 1, 15)
 
@@ -131,17 +129,5 @@ def test_callback_needs_the_stream_secret(gw: Gateway) -> None:
 
 def test_worker_dying_mid_stream_through_compute(gw: Gateway, fragile_sim: Sim) -> None:
     body = {"model": "fragile", "prompt": "go", "max_tokens": 200, "stream": True}
-    with (
-        httpx.Client(timeout=30) as client,
-        client.stream(
-            "POST", f"{gw.url}/completions", json=body, headers={"Authorization": f"Bearer {gw.api_key}"}
-        ) as resp,
-    ):
-        lines = resp.iter_lines()
-        for _ in range(6):
-            next(lines)
-        fragile_sim.proc.kill()  # the worker dies mid-stream
-        rest = [line for line in lines if line]
-    assert rest[-1] == "data: [DONE]"
-    assert rest[-2].startswith('data: {"error":')
-    assert "incomplete" in rest[-2]
+    rest = interrupted_stream(gw, body, fragile_sim.proc.kill)  # the worker dies mid-stream
+    assert_ends_with_error_event(rest)

@@ -20,7 +20,7 @@ from endpoints.functions import start_worker, status, stop_worker
 from endpoints.local import LocalCompute
 from endpoints.protocol import FUNCTIONS_VERSION
 from endpoints.slurm import Slurm
-from tests.support.gateway import Gateway, start_gateway
+from tests.support.gateway import Gateway, assert_ends_with_error_event, interrupted_stream, start_gateway
 from tests.support.slurm import SlurmCluster
 from tests.support.tiny_gguf import write_tiny_llama
 
@@ -143,19 +143,10 @@ def test_scancel_mid_stream_ends_the_stream_cleanly(
     gw = compute_gateway(logs, tmp_path, worker)
     try:
         body = {"model": "slow-sim", "prompt": "go", "max_tokens": 400, "stream": True}
-        with (
-            httpx.Client(timeout=60) as client,
-            client.stream(
-                "POST", f"{gw.url}/completions", json=body, headers={"Authorization": f"Bearer {gw.api_key}"}
-            ) as resp,
-        ):
-            lines = resp.iter_lines()
-            for _ in range(6):
-                next(lines)
-            asyncio.run(Slurm(env=slurm_cluster.env).cancel(worker["job_id"]))  # the job is killed
-            rest = [line for line in lines if line]
-        assert rest[-1] == "data: [DONE]"
-        assert rest[-2].startswith('data: {"error":')
+        rest = interrupted_stream(
+            gw, body, lambda: asyncio.run(Slurm(env=slurm_cluster.env).cancel(worker["job_id"]))
+        )  # the job is killed mid-stream
+        assert_ends_with_error_event(rest)
     finally:
         gw.stop()
     gone, _ = wait_for_state(site, worker["worker_id"], {"gone", "failed"}, timeout=60)

@@ -12,7 +12,15 @@ import httpx
 import openai
 import pytest
 
-from tests.support.gateway import Gateway, Sim, start_gateway, start_sim, upstream
+from tests.support.gateway import (
+    Gateway,
+    Sim,
+    assert_ends_with_error_event,
+    interrupted_stream,
+    start_gateway,
+    start_sim,
+    upstream,
+)
 from tests.support.procs import free_port
 
 
@@ -82,16 +90,9 @@ def test_client_disconnect_while_waiting_cancels_upstream(gw_slow: Gateway, slow
 
 
 def test_upstream_dying_mid_stream_ends_with_error_event(gw_slow: Gateway, slow_sim: Sim) -> None:
-    with httpx.Client(timeout=10) as client:
-        resp = client.send(_stream_request(gw_slow), stream=True)
-        lines = resp.iter_lines()
-        for _ in range(6):
-            next(lines)
-        slow_sim.proc.kill()  # the worker dies (SIGKILL), mid-stream
-        rest = [line for line in lines if line]
-    assert rest[-1] == "data: [DONE]"
-    assert rest[-2].startswith('data: {"error":')
-    assert "incomplete" in rest[-2]
+    body = {"model": "slow-model", "prompt": "go", "max_tokens": 200, "stream": True}
+    rest = interrupted_stream(gw_slow, body, slow_sim.proc.kill)  # the worker dies (SIGKILL), mid-stream
+    assert_ends_with_error_event(rest)
 
 
 def test_sdk_raises_on_mid_stream_failure(gw_slow: Gateway, slow_sim: Sim) -> None:

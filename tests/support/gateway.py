@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import yaml
 
@@ -35,18 +37,37 @@ def start_sim(
     fail_status: int | None = None,
     port: int | None = None,
 ) -> Sim:
-    port = port or free_port()
     key = secrets.token_urlsafe(16)
-    argv = python_argv(
-        "-m", "endpoints.engines.sim", "--port", str(port), "--model", model,
-        "--ttft-ms", str(ttft_ms), "--itl-ms", str(itl_ms),
-        "--max-concurrency", str(max_concurrency), f"--api-key={key}",
-    )  # fmt: skip
-    if fail_status is not None:
-        argv += ["--fail-status", str(fail_status)]
-    proc = ServerProcess(argv, f"http://127.0.0.1:{port}/health", log_dir / f"sim-{model}-{port}.log")
-    proc.start()
+
+    def make(port: int) -> ServerProcess:
+        argv = python_argv(
+            "-m", "endpoints.engines.sim", "--port", str(port), "--model", model,
+            "--ttft-ms", str(ttft_ms), "--itl-ms", str(itl_ms),
+            "--max-concurrency", str(max_concurrency), f"--api-key={key}",
+        )  # fmt: skip
+        if fail_status is not None:
+            argv += ["--fail-status", str(fail_status)]
+        return ServerProcess(argv, f"http://127.0.0.1:{port}/health", log_dir / f"sim-{model}-{port}.log")
+
+    port, proc = start_on_free_port(make, port)
     return Sim(f"http://127.0.0.1:{port}/v1", key, model, proc)
+
+
+def start_on_free_port(
+    make: Callable[[int], ServerProcess], port: int | None = None, attempts: int = 4
+) -> tuple[int, ServerProcess]:
+    """Start the server `make(port)` builds, on another port if another test took this one."""
+    for attempt in range(attempts):
+        chosen = port if port is not None and attempt == 0 else free_port()
+        proc = make(chosen)
+        try:
+            proc.start()
+        except RuntimeError as exc:
+            if "address already in use" not in str(exc).lower() or attempt == attempts - 1:
+                raise
+            continue
+        return chosen, proc
+    raise AssertionError("unreachable")
 
 
 def upstream(sim: Sim, name: str | None = None, **extra: Any) -> dict[str, Any]:
@@ -88,23 +109,60 @@ def start_gateway(
     env: dict[str, str] | None = None,
     **sections: Any,
 ) -> Gateway:
-    port = free_port()
     key = "sk-test-" + secrets.token_urlsafe(16)
-    config: dict[str, Any] = {
-        "server": {"host": "127.0.0.1", "port": port, **sections.pop("server", {})},
-        "store": {"url": store_url, "usage_flush_interval_s": 0.05, **sections.pop("store", {})},
-        "auth": {"api_keys": [{"owner": "tester", "key": key, "admin": True}, *(extra_keys or [])]},
-        "clusters": clusters,
-        **({"models": models} if models else {}),
-        **sections,
-    }
-    path = log_dir / f"hearth-{port}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    proc = ServerProcess(
-        python_argv("-m", "gateway.cli", "serve", "--config", str(path)),
-        f"http://127.0.0.1:{port}/ready",
-        log_dir / f"gateway-{port}.log",
-        env=env,
-    )
-    proc.start()
+    server = sections.pop("server", {})
+    store = sections.pop("store", {})
+    config: dict[str, Any] = {}
+
+    def make(port: int) -> ServerProcess:
+        config.clear()
+        config.update({
+            "server": {"host": "127.0.0.1", "port": port, **server},
+            "store": {"url": store_url, "usage_flush_interval_s": 0.05, **store},
+            "auth": {"api_keys": [{"owner": "tester", "key": key, "admin": True}, *(extra_keys or [])]},
+            "clusters": clusters,
+            **({"models": models} if models else {}),
+            **sections,
+        })  # fmt: skip
+        path = log_dir / f"hearth-{port}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        return ServerProcess(
+            python_argv("-m", "gateway.cli", "serve", "--config", str(path)),
+            f"http://127.0.0.1:{port}/ready",
+            log_dir / f"gateway-{port}.log",
+            env=env,
+        )
+
+    port, proc = start_on_free_port(make)
     return Gateway(f"http://127.0.0.1:{port}/v1", key, config, proc)
+
+
+def interrupted_stream(
+    gw: Gateway,
+    body: dict[str, Any],
+    interrupt: Callable[[], None] | None,
+    *,
+    after: int = 6,
+    timeout: float = 60,
+) -> list[str]:
+    """POST a streaming completion, read `after` lines, then `interrupt()` (kill something) and
+    return the rest of the stream's non-empty lines; with no `interrupt`, leave (disconnect)."""
+    headers = {"Authorization": f"Bearer {gw.api_key}"}
+    with (
+        httpx.Client(timeout=timeout) as client,
+        client.stream("POST", f"{gw.url}/completions", json=body, headers=headers) as resp,
+    ):
+        lines = resp.iter_lines()
+        for _ in range(after):
+            next(lines)
+        if interrupt is None:
+            return []
+        interrupt()
+        return [line for line in lines if line]
+
+
+def assert_ends_with_error_event(rest: list[str]) -> None:
+    """A stream that broke after its first byte: an OpenAI error event, then [DONE]."""
+    assert rest[-1] == "data: [DONE]"
+    assert rest[-2].startswith('data: {"error":')
+    assert "incomplete" in rest[-2]
