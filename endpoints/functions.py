@@ -61,15 +61,14 @@ def _open(url: str, timeout_s: float) -> tuple[http.client.HTTPConnection, str]:
     """A connected HTTP(S) connection to the origin of `url`, and the URL's path."""
     parts = urlsplit(url)
     cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    conn = cls(parts.hostname or "", parts.port, timeout=timeout_s)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    conn = cls(parts.hostname or "", port, timeout=timeout_s)
     try:
         conn.connect()
     except TimeoutError as exc:
-        raise _Failed("connect", f"connecting to {parts.hostname}:{parts.port} timed out") from exc
+        raise _Failed("connect", f"connecting to {parts.hostname}:{port} timed out") from exc
     except OSError as exc:
-        raise _Failed(
-            "connect", f"cannot connect to {parts.hostname}:{parts.port}: {exc.strerror or exc}"
-        ) from exc
+        raise _Failed("connect", f"cannot connect to {parts.hostname}:{port}: {exc.strerror or exc}") from exc
     return conn, parts.path.rstrip("/")
 
 
@@ -127,6 +126,7 @@ def infer_stream(req: InferStreamRequest) -> StreamResult:
     conn: http.client.HTTPConnection | None = None
     callback: _Callback | None = None
     events = 0
+    done = False
     try:
         conn, prefix = _open(worker["base_url"], req["timeout_s"])
         headers = _headers(worker, req["request_id"], "text/event-stream")
@@ -143,9 +143,13 @@ def infer_stream(req: InferStreamRequest) -> StreamResult:
         for event in _events(resp):
             callback.send(event)
             events += 1
+            done = event.startswith(b"data: [DONE]")
         callback.finish()
         return {"version": FUNCTIONS_VERSION, "events": events}
     except _Failed as exc:
+        if exc.failure["kind"] == "callback" and done:
+            # The gateway had the whole answer and closed its end first: a complete stream.
+            return {"version": FUNCTIONS_VERSION, "events": events}
         return {"version": FUNCTIONS_VERSION, "events": events, "failure": exc.failure}
     except TimeoutError:
         detail = f"the stream stalled for more than {req['idle_timeout_s']:g} s"
@@ -179,7 +183,10 @@ class _Callback:
     """One chunked POST to the gateway carrying a stream's events as they come."""
 
     def __init__(self, url: str, token: str, timeout_s: float) -> None:
-        self._conn, path = _open(url, timeout_s)
+        try:
+            self._conn, path = _open(url, timeout_s)
+        except _Failed as exc:  # the gateway, not the worker, is out of reach
+            raise _Failed("callback", f"cannot reach the gateway's callback: {exc}") from exc
         try:
             self._conn.putrequest("POST", path or "/")
             self._conn.putheader("Authorization", f"Bearer {token}")

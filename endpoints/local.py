@@ -4,8 +4,8 @@
 with an interchange and worker processes started by a provider (`LocalProvider` on this host,
 `SlurmProvider` in a Slurm job). Tasks go through the same `Task` message and
 `ComputeSerializer` as tasks that arrive from the Globus Compute web service, so a function
-that works here works on a registered endpoint. A gateway on a login node (single-site mode),
-`hearth demo` and the tests use this instead of the cloud hop.
+that works here works on a registered endpoint. A gateway on a login node (single-site mode,
+`compute.mode: local`) and the tests use this instead of the cloud hop.
 """
 
 from __future__ import annotations

@@ -43,26 +43,36 @@ def with_compute_client(compute: Any) -> RegisterOne:
     return one
 
 
-def endpoint_config(function_ids: Mapping[str, str], *, worker_init: str = "", max_workers: int = 8) -> str:
-    """A globus-compute-endpoint config.yaml for a login node that runs only these functions."""
+def endpoint_files(
+    function_ids: Mapping[str, str], *, worker_init: str = "", max_workers: int = 8
+) -> dict[str, str]:
+    """The files of a globus-compute-endpoint directory (~/.globus_compute/<name>/) for a login
+    node that runs only these functions: `config.yaml` (the endpoint: allowed_functions) and
+    `user_config_template.yaml.j2` (the engine that runs the tasks), as template-capable
+    endpoints (globus-compute-endpoint 2.x and later) expect them."""
     allowed = "".join(f"  - {fid}  # {name}\n" for name, fid in function_ids.items())
     init = "".join(f"      {line}\n" for line in worker_init.splitlines()) or "      true\n"
-    return f"""\
+    config = f"""\
 # Globus Compute endpoint for Hearth, on a cluster login node. Written by
 # `hearth endpoint register-functions`; see docs/admin/endpoint.md.
 display_name: hearth
 # Only Hearth's site functions (protocol version {FUNCTIONS_VERSION}) may run here.
 allowed_functions:
-{allowed}engine:
+{allowed}"""
+    template = f"""\
+# The engine that runs Hearth's site functions. Written by
+# `hearth endpoint register-functions`; see docs/admin/endpoint.md.
+engine:
   type: GlobusComputeEngine
   # Each running stream holds a worker for its whole length.
   max_workers_per_node: {max_workers}
   provider:
-    # The functions only relay HTTP between the gateway and the workers' jobs, so they run
-    # on the login node itself; the engines run in Slurm jobs that Hearth submits.
+    # The functions only relay HTTP between the gateway and the workers' jobs, and submit
+    # those jobs, so they run on the login node itself.
     type: LocalProvider
     init_blocks: 1
     min_blocks: 1
     max_blocks: 1
     worker_init: |
 {init}"""
+    return {"config.yaml": config, "user_config_template.yaml.j2": template}

@@ -115,7 +115,8 @@ class Workers:
 
     async def start(self, model: str) -> WorkerView:
         """Submit a worker job for `model`; it starts PENDING."""
-        for d in (self.site.ready_dir, self.site.keys_dir, self.site.logs_dir, self.site.workers_dir):
+        for d in (self.site.state_dir, self.site.ready_dir, self.site.keys_dir, self.site.logs_dir,
+                  self.site.workers_dir):  # fmt: skip
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
         worker_id = "w" + secrets.token_hex(5)
         key_file = self.site.keys_dir / f"{worker_id}.key"
@@ -181,7 +182,7 @@ class Workers:
         problem = await self._probe(record["worker_id"], record["model"], base_url, key)
         if problem is not None:
             return replace(view, state=WorkerState.STARTING, base_url=base_url, reason=problem)
-        return replace(view, state=WorkerState.READY, base_url=base_url, api_key=key)
+        return replace(view, state=WorkerState.READY, base_url=base_url, api_key=key, reason=None)
 
     def _local_view(
         self, record: dict[str, str], job: JobInfo | None
@@ -194,14 +195,23 @@ class Workers:
             node=job.node if job is not None else None,
         )  # fmt: skip
         if job is None:
+            if record.get("final_state"):  # what was seen when the job ended, before Slurm forgot it
+                return (
+                    replace(view, state=WorkerState(record["final_state"]), reason=record.get("reason")),
+                    None,
+                    None,
+                )
             return replace(view, reason="Slurm no longer knows the job"), None, None
         if job.state is JobState.PENDING:
             return replace(view, state=WorkerState.PENDING, reason=job.reason), None, None
         if job.state.finished:
             if job.state is JobState.CANCELLED or (job.state is JobState.COMPLETED and not job.exit_code):
-                return replace(view, reason=job.slurm_state.lower()), None, None
-            why = self._log_tail(job) or job.slurm_state
-            return replace(view, state=WorkerState.FAILED, reason=f"{job.slurm_state}: {why}"), None, None
+                ended = replace(view, reason=job.slurm_state.lower())
+            else:
+                why = self._log_tail(job) or job.slurm_state
+                ended = replace(view, state=WorkerState.FAILED, reason=f"{job.slurm_state}: {why}")
+            self._remember_end(record, ended)
+            return ended, None, None
         ready = self.site.ready_dir / f"{job.job_id}.ready.json"
         if (self.site.ready_dir / f"{job.job_id}.draining.json").exists():
             return replace(view, state=WorkerState.DRAINING), None, None
@@ -223,6 +233,13 @@ class Workers:
         if problem is None:
             self._probed[worker_id] = time.monotonic()
         return problem
+
+    def _remember_end(self, record: dict[str, str], ended: WorkerView) -> None:
+        """Keep how the job ended: Slurm forgets finished jobs after MinJobAge."""
+        if record.get("final_state") == ended.state.value:
+            return
+        record = {**record, "final_state": ended.state.value, "reason": ended.reason or ""}
+        (self.site.workers_dir / f"{record['worker_id']}.json").write_text(json.dumps(record))
 
     def _log_tail(self, job: JobInfo) -> str:
         """The job log's last lines, Hearth's own messages first: why a worker failed."""

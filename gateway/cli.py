@@ -307,8 +307,9 @@ def slurm_render(
 
 @endpoint_app.command("register-functions")
 def endpoint_register_functions(
-    endpoint_config: Annotated[
-        Path | None, typer.Option(help="Write the endpoint's config.yaml (allowed_functions) here.")
+    endpoint_dir: Annotated[
+        Path | None,
+        typer.Option(help="Write the endpoint's config.yaml and engine template into this directory."),
     ] = None,
     worker_init: Annotated[str, typer.Option(help="Shell lines that activate Hearth's environment.")] = "",
     access_token: Annotated[
@@ -320,8 +321,7 @@ def endpoint_register_functions(
     ] = None,
 ) -> None:
     """Register Hearth's site functions with Globus Compute; print the ids for hearth.yaml."""
-    from endpoints.registration import endpoint_config as render_config
-    from endpoints.registration import register, with_compute_client, with_sdk_client
+    from endpoints.registration import endpoint_files, register, with_compute_client, with_sdk_client
 
     if access_token:
         import globus_sdk
@@ -342,10 +342,12 @@ def endpoint_register_functions(
     print("      function_ids:")
     for name, fid in ids.items():
         print(f"        {name}: {fid}")
-    if endpoint_config is not None:
-        endpoint_config.parent.mkdir(parents=True, exist_ok=True)
-        endpoint_config.write_text(render_config(ids, worker_init=worker_init))
-        out.print(f"Wrote {escape(str(endpoint_config))} (allowed_functions: these ids only).")
+    if endpoint_dir is not None:
+        endpoint_dir.mkdir(parents=True, exist_ok=True)
+        for name, text in endpoint_files(ids, worker_init=worker_init).items():
+            (endpoint_dir / name).write_text(text)
+        out.print(f"Wrote {escape(str(endpoint_dir))}/config.yaml (allowed_functions: these ids only)")
+        out.print(f"and {escape(str(endpoint_dir))}/user_config_template.yaml.j2 (the engine).")
 
 
 class _store:

@@ -19,7 +19,8 @@ from gateway.auth.principal import Principal
 from gateway.config import ComputeSettings, Settings
 from gateway.metrics import GatewayMetrics
 from gateway.relay.base import Relay, Upstream
-from gateway.relay.bridge import StreamBridge
+from gateway.relay.bridge import LocalStreamBridge, StreamBridge
+from gateway.relay.bridge_redis import RedisStreamBridge
 from gateway.relay.clusters import ClusterRelays
 from gateway.relay.compute import CloudTransport, ComputeRelay, ComputeTransport, LocalTransport
 from gateway.relay.direct import DirectRelay
@@ -67,7 +68,15 @@ class Services:
             stream_idle_timeout_s=r.stream_idle_timeout_s,
             max_connections=r.max_connections,
         )
-        bridge = StreamBridge()
+        client = aioredis.Redis.from_url(settings.redis.url) if settings.redis.url else None
+        # With Redis the replicas share one bridge: a site's callback may reach any of them.
+        # A reader waits a minute longer than the site does for the worker's next event.
+        bridge_idle_s = r.stream_idle_timeout_s + 60.0
+        bridge: StreamBridge = (
+            RedisStreamBridge(client, idle_timeout_s=bridge_idle_s)
+            if client is not None
+            else LocalStreamBridge(idle_timeout_s=bridge_idle_s)
+        )
         relay = ClusterRelays(compute_relays(settings, bridge), default=direct)
         directories = [
             SiteDirectory(name, compute, settings.clusters[name].compute.site_config)
@@ -83,7 +92,6 @@ class Services:
             cache_ttl_s=settings.auth.key_cache_ttl_s,
             negative_ttl_s=settings.auth.negative_cache_ttl_s,
         )
-        client = aioredis.Redis.from_url(settings.redis.url) if settings.redis.url else None
         return cls(
             settings, db, keys, usage, relay, bridge, catalogue, router, dispatcher, auth, metrics, client
         )
@@ -117,6 +125,7 @@ class Services:
                 await task
         await self.usage.stop()
         await self.relay.close()
+        await self.bridge.aclose()
         if self.redis is not None:
             await self.redis.aclose()
         await self.db.close()

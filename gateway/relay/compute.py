@@ -43,7 +43,7 @@ from gateway.relay.base import (
     UpstreamReply,
     worker_trouble,
 )
-from gateway.relay.bridge import StreamBridge
+from gateway.relay.bridge import BridgeError, StreamBridge
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,10 @@ class ComputeRelay(Relay):
             )  # fmt: skip
             if not done:
                 raise TimedOut(upstream, "the site produced nothing within the time limit")
-            head = first.result() if first.done() else None
+            try:
+                head = first.result() if first.done() else None
+            except BridgeError as exc:
+                raise StreamBroken(upstream, f"the stream bridge failed: {exc}") from exc
             if head is not None:
                 return _ComputeStream(upstream, head, events, task, self.bridge, stream_id)
             result = await task  # the stream ended or never started: the task says why
@@ -231,8 +234,11 @@ class _ComputeStream(EventStream):
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         yield self._first
-        async for event in self._events:
-            yield event
+        try:
+            async for event in self._events:
+                yield event
+        except BridgeError as exc:  # e.g. Redis became unreachable: the client gets an error event
+            raise StreamBroken(self.upstream, f"the stream bridge failed: {exc}") from exc
         # The writer finished; the task's result says whether the worker's stream ended well.
         try:
             result = await asyncio.wait_for(asyncio.shield(self._task), _TASK_MARGIN_S)

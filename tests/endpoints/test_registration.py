@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import pytest
 from globus_compute_endpoint.endpoint.config.utils import load_config_yaml
 from typer.testing import CliRunner
@@ -65,10 +66,10 @@ def compute_service(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, 
 def test_register_functions_and_endpoint_config(
     compute_service: list[dict[str, Any]], tmp_path: Path
 ) -> None:
-    config = tmp_path / "endpoint" / "config.yaml"
+    endpoint_dir = tmp_path / "endpoint"
     result = CliRunner().invoke(
         app,
-        ["endpoint", "register-functions", "--endpoint-config", str(config),
+        ["endpoint", "register-functions", "--endpoint-dir", str(endpoint_dir),
          "--worker-init", "source /opt/hearth/.venv/bin/activate"],
         env={"HEARTH_COMPUTE_ACCESS_TOKEN": TOKEN, "COLUMNS": "200"},
     )  # fmt: skip
@@ -80,12 +81,17 @@ def test_register_functions_and_endpoint_config(
         assert r["meta"]["python_version"]
     ids = dict(re.findall(r"^ {8}(\w+): ([0-9a-f-]{36})$", result.output, re.M))
     assert set(ids) == set(SITE_FUNCTIONS)
-    loaded = load_config_yaml(config.read_text())
+    # The endpoint itself: no engine (template-capable endpoints refuse one), only these functions.
+    endpoint = load_config_yaml((endpoint_dir / "config.yaml").read_text())
+    assert not hasattr(endpoint, "engine") or endpoint.engine is None
+    assert sorted(str(f) for f in endpoint.allowed_functions) == sorted(ids.values())
+    # The engine it starts for tasks, from the template (rendered as the endpoint would).
+    template = jinja2.Template((endpoint_dir / "user_config_template.yaml.j2").read_text())
+    engine_config = load_config_yaml(template.render())
     try:
-        assert sorted(str(f) for f in loaded.allowed_functions) == sorted(ids.values())
-        assert "source /opt/hearth/.venv/bin/activate" in loaded.engine.provider.worker_init
+        assert "source /opt/hearth/.venv/bin/activate" in engine_config.engine.provider.worker_init
     finally:
-        loaded.engine.shutdown()
+        engine_config.engine.shutdown()
 
 
 def test_register_functions_refused_token(compute_service: list[dict[str, Any]]) -> None:
