@@ -13,6 +13,7 @@ result, so the gateway can tell a worker that refused from a site that broke.
 - `list_models`: what a worker serves.
 - `status`, `start_worker`, `stop_worker`: the site's workers (`endpoints.workers`), as
   configured in the site's own config (`endpoints.site`).
+- `batch_submit`, `batch_status`: offline batch jobs (`endpoints.batch`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
+from endpoints.batch import BatchError, BatchJobs
 from endpoints.protocol import (
     FUNCTIONS_VERSION,
     MAX_PAYLOAD_BYTES,
@@ -41,12 +43,22 @@ from endpoints.protocol import (
     Worker,
     WorkerState,
 )
-from endpoints.site import SiteConfigError, load_site
+from endpoints.site import SiteConfig, SiteConfigError, load_site
 from endpoints.slurm import SlurmError
 from endpoints.sse import EventFramer
 from endpoints.workers import WorkerError, Workers
 
-__all__ = ["SITE_FUNCTIONS", "infer", "infer_stream", "list_models", "start_worker", "status", "stop_worker"]
+__all__ = [
+    "SITE_FUNCTIONS",
+    "batch_status",
+    "batch_submit",
+    "infer",
+    "infer_stream",
+    "list_models",
+    "start_worker",
+    "status",
+    "stop_worker",
+]
 
 
 class _Failed(Exception):
@@ -265,7 +277,8 @@ def stop_worker(req: SiteRequest) -> SiteResult:
     return _site(req, _stop)
 
 
-async def _status(workers: Workers, req: SiteRequest) -> SiteResult:
+async def _status(site: SiteConfig, req: SiteRequest) -> SiteResult:
+    workers = Workers(site)
     views = await workers.list()
     free = await workers.slurm.free_nodes(workers.site.partition or None)
     queued = sum(1 for v in views if v.state is WorkerState.PENDING)
@@ -273,25 +286,47 @@ async def _status(workers: Workers, req: SiteRequest) -> SiteResult:
             "workers": [v.to_wire() for v in views], "free_nodes": free, "queued": queued}  # fmt: skip
 
 
-async def _start(workers: Workers, req: SiteRequest) -> SiteResult:
-    view = await workers.start(req["model"])
-    return {"version": FUNCTIONS_VERSION, "cluster": workers.site.cluster, "worker": view.to_wire()}
+async def _start(site: SiteConfig, req: SiteRequest) -> SiteResult:
+    view = await Workers(site).start(req["model"])
+    return {"version": FUNCTIONS_VERSION, "cluster": site.cluster, "worker": view.to_wire()}
 
 
-async def _stop(workers: Workers, req: SiteRequest) -> SiteResult:
-    view = await workers.stop(req["worker_id"], drain=req.get("drain", True))
-    return {"version": FUNCTIONS_VERSION, "cluster": workers.site.cluster, "worker": view.to_wire()}
+async def _stop(site: SiteConfig, req: SiteRequest) -> SiteResult:
+    view = await Workers(site).stop(req["worker_id"], drain=req.get("drain", True))
+    return {"version": FUNCTIONS_VERSION, "cluster": site.cluster, "worker": view.to_wire()}
+
+
+def batch_submit(req: SiteRequest) -> SiteResult:
+    """Submit an offline batch job (slurm/batch.sbatch.j2): `batch_id`, `command`,
+    `input_path`, `output_path`, and optional `resources` (walltime, cpus, gpus, nodes, mem)."""
+    return _site(req, _batch_submit)
+
+
+def batch_status(req: SiteRequest) -> SiteResult:
+    """A batch job's state (its script's status.json, else Slurm's), exit status, restarts."""
+    return _site(req, _batch_status)
+
+
+async def _batch_submit(site: SiteConfig, req: SiteRequest) -> SiteResult:
+    job = await BatchJobs(site).submit(
+        req["batch_id"], req["command"], req["input_path"], req["output_path"], **req.get("resources", {})
+    )
+    return {"version": FUNCTIONS_VERSION, "cluster": site.cluster, "batch": job.to_wire()}
+
+
+async def _batch_status(site: SiteConfig, req: SiteRequest) -> SiteResult:
+    job = await BatchJobs(site).status(req["batch_id"])
+    return {"version": FUNCTIONS_VERSION, "cluster": site.cluster, "batch": job.to_wire()}
 
 
 def _site(
-    req: SiteRequest, work: Callable[[Workers, SiteRequest], Coroutine[Any, Any, SiteResult]]
+    req: SiteRequest, work: Callable[[SiteConfig, SiteRequest], Coroutine[Any, Any, SiteResult]]
 ) -> SiteResult:
     if req.get("version") != FUNCTIONS_VERSION:
         return {"version": FUNCTIONS_VERSION, "failure": _version_failure()}
     try:
-        workers = Workers(load_site(req.get("site_config")))
-        return asyncio.run(work(workers, req))
-    except (SiteConfigError, WorkerError, SlurmError, KeyError) as exc:
+        return asyncio.run(work(load_site(req.get("site_config")), req))
+    except (SiteConfigError, WorkerError, BatchError, SlurmError, KeyError) as exc:
         detail = f"missing {exc} in the request" if isinstance(exc, KeyError) else str(exc)
         return {"version": FUNCTIONS_VERSION, "failure": {"kind": "site", "detail": detail}}
 
@@ -305,4 +340,6 @@ SITE_FUNCTIONS: dict[str, Callable[[Any], Any]] = {
     "status": status,
     "start_worker": start_worker,
     "stop_worker": stop_worker,
+    "batch_submit": batch_submit,
+    "batch_status": batch_status,
 }
