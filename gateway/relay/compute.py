@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Protocol
 
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 # Seconds allowed on top of the worker's own time limit for the task's trip through Globus
 # Compute (queueing, serialisation, the cloud hop).
 _TASK_MARGIN_S = 60.0
+_SHUTDOWN_S = 5.0
 
 
 class ComputeTransport(Protocol):
@@ -76,7 +78,27 @@ class LocalTransport:
         return result
 
     async def close(self) -> None:
-        await asyncio.to_thread(self.compute.shutdown)
+        # Parsl's shutdown waits on the interchange and worker pool; when those were already
+        # signalled with us (systemd stopping the whole unit), it can wait forever. Give it a
+        # few seconds in a daemon thread, so it can never keep the gateway from exiting.
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def settle() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        def shutdown() -> None:
+            try:
+                self.compute.shutdown()
+            finally:
+                loop.call_soon_threadsafe(settle)
+
+        threading.Thread(target=shutdown, name="hearth-compute-shutdown", daemon=True).start()
+        try:
+            await asyncio.wait_for(done, _SHUTDOWN_S)
+        except TimeoutError:
+            log.warning("Globus Compute engine did not shut down within %s s; leaving it", _SHUTDOWN_S)
 
 
 class CloudTransport:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import itertools
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -131,3 +133,22 @@ def test_worker_dying_mid_stream_through_compute(gw: Gateway, fragile_sim: Sim) 
     body = {"model": "fragile", "prompt": "go", "max_tokens": 200, "stream": True}
     rest = interrupted_stream(gw, body, fragile_sim.proc.kill)  # the worker dies mid-stream
     assert_ends_with_error_event(rest)
+
+
+def test_gateway_stops_promptly_when_its_unit_is_stopped(logs: Path, site_sim: Sim, tmp_path: Path) -> None:
+    """systemd (or the tests) signal the whole process group, Globus Compute's interchange and
+    worker pool included; the gateway must still exit, not wait on them forever."""
+    cluster = {
+        "relay": "compute",
+        "compute": {"mode": "local", "run_dir": str(tmp_path / "run")},
+        "upstreams": [upstream(site_sim, "w0", models=["site-model"])],
+    }
+    g = start_gateway(logs, clusters={"site": cluster}, store_url=f"sqlite:///{tmp_path}/h.db")
+    assert g.proc.proc is not None
+    started = time.monotonic()
+    os.killpg(g.proc.proc.pid, signal.SIGTERM)
+    try:
+        g.proc.proc.wait(timeout=20)
+    finally:
+        g.proc.kill()
+    assert time.monotonic() - started < 20
