@@ -32,11 +32,13 @@ class ModelSpec(_Strict):
 
     engine: Literal["vllm", "llamacpp", "sim"]
     path: str | None = Field(default=None, description="vLLM: model dir or HF id; llama.cpp: the .gguf file.")
-    gpus: int = Field(default=0, ge=0)
+    gpus: int = Field(default=0, ge=0, description="GPUs per node.")
+    nodes: int = Field(default=1, ge=1, description="vLLM only: >1 runs one engine over a Ray cluster.")
     cpus: int = Field(default=1, ge=1)
     mem: str = ""
     walltime: str = "04:00:00"
     tensor_parallel: int = Field(default=1, ge=1)
+    pipeline_parallel: int = Field(default=1, ge=1, description="vLLM: usually the number of nodes.")
     max_model_len: int | None = Field(default=None, ge=1)
     n_threads: int = Field(default=1, ge=1, description="llama.cpp threads.")
     sim_ttft_ms: float = Field(default=50.0, ge=0)

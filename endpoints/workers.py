@@ -28,7 +28,7 @@ from endpoints.engines.apptainer import apptainer_wrap
 from endpoints.engines.base import WORKER_KEY_ENV, WORKER_PORT_ENV, EngineLaunch, EnvRef
 from endpoints.engines.llamacpp import llamacpp_launch
 from endpoints.engines.simulated import sim_launch
-from endpoints.engines.vllm import vllm_launch
+from endpoints.engines.vllm import ray_head_command, ray_worker_command, vllm_launch
 from endpoints.protocol import WorkerState
 from endpoints.site import ModelSpec, SiteConfig
 from endpoints.slurm import JobInfo, JobState, Slurm
@@ -68,8 +68,11 @@ def engine_launch(site: SiteConfig, model: str, spec: ModelSpec) -> EngineLaunch
     if spec.engine == "vllm":
         launch = vllm_launch(
             spec.path or model, model, host, port, WORKER_KEY_ENV, tensor_parallel=spec.tensor_parallel,
-            max_model_len=spec.max_model_len, extra_args=spec.args,
+            pipeline_parallel=spec.pipeline_parallel, max_model_len=spec.max_model_len, extra_args=spec.args,
+            distributed=spec.nodes > 1,
         )  # fmt: skip
+    elif spec.nodes > 1:
+        raise WorkerError(f"model {model!r}: only vllm runs over several nodes")
     elif spec.engine == "llamacpp":
         if not spec.path:
             raise WorkerError(f"model {model!r}: llamacpp needs `path` (the .gguf file)")
@@ -96,6 +99,18 @@ def render_worker(site: SiteConfig, model: str, worker_id: str, key_file: Path) 
     if spec is None:
         raise WorkerError(f"this site does not serve {model!r} (models: {', '.join(sorted(site.models))})")
     launch = engine_launch(site, model, spec)
+    multinode: dict[str, Any] = {}
+    if spec.nodes > 1:
+        head, worker = ray_head_command(num_gpus=spec.gpus), ray_worker_command(num_gpus=spec.gpus)
+        if site.containers.enabled and site.containers.image:
+            head = apptainer_wrap(
+                head, site.containers.image, gpus=spec.gpus > 0, binds=site.containers.binds
+            )
+            worker = apptainer_wrap(
+                worker, site.containers.image, gpus=spec.gpus > 0, binds=site.containers.binds
+            )
+        multinode = {"nodes": spec.nodes, "gpus_per_node": spec.gpus, "cpus_per_node": spec.cpus,
+                     "ray_head_command": head.shell(), "ray_worker_command": worker.shell()}  # fmt: skip
     context: dict[str, Any] = {
         "cluster": site.cluster, "model": model, "worker_id": worker_id, "walltime": spec.walltime,
         "key_file": str(key_file), "ready_dir": str(site.ready_dir), "log_dir": str(site.logs_dir),
@@ -104,6 +119,10 @@ def render_worker(site: SiteConfig, model: str, worker_id: str, key_file: Path) 
         "drain_seconds": site.drain_seconds, "start_timeout": spec.start_timeout_s,
         **launch.template_context(),
     }  # fmt: skip
+    if multinode:
+        for key in ("gpus", "cpus"):
+            context.pop(key)
+        return render("worker-multinode", **context, **multinode)
     return render("worker", **context)
 
 

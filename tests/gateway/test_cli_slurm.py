@@ -47,3 +47,25 @@ def test_render_refuses_unknown_model_and_wrong_cluster(tmp_path: Path) -> None:
     )
     assert result.exit_code == 1
     assert "not 'polaris'" in result.output
+
+
+def test_render_multinode_worker(tmp_path: Path) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump({
+        "cluster": "polaris", "state_dir": str(tmp_path / "state"),
+        "containers": {"enabled": True, "image": "/sw/vllm.sif"},
+        "models": {"llama-405b": {"engine": "vllm", "path": "/models/405b", "gpus": 4, "nodes": 2,
+                                  "tensor_parallel": 4, "pipeline_parallel": 2}},
+    }))  # fmt: skip
+    result = CliRunner().invoke(
+        app, ["slurm", "render", "worker", "--model", "llama-405b", "--site-config", str(path)]
+    )
+    assert result.exit_code == 0, result.output
+    script = result.stdout
+    assert "#SBATCH --nodes=2" in script
+    assert "--pipeline-parallel-size=2" in script
+    assert "--distributed-executor-backend=ray" in script
+    assert "ray start" in script
+    assert "apptainer exec" in script
+    subprocess.run(["bash", "-n"], input=script.encode(), check=True)
+    subprocess.run(["shellcheck", "-s", "bash", "-"], input=script.encode(), check=True)
