@@ -81,7 +81,10 @@ async def generate(
     payload = parse_json(body)
     validate(schema, payload)
     state = request.scope["state"]
-    ctx = CallContext(principal, state["request_id"], endpoint, endpoint.replace(".", "/"), state["started"])
+    cluster = pinned_cluster(payload, request.headers.get("x-hearth-cluster"))
+    ctx = CallContext(
+        principal, state["request_id"], endpoint, endpoint.replace(".", "/"), state["started"], cluster
+    )
     try:
         if payload.get("stream") and schema is not EmbeddingRequest:
             opened = await cancel_on_disconnect(request, services.dispatcher.stream(ctx, payload))
@@ -92,6 +95,21 @@ async def generate(
     except ClientDisconnected:
         return Response(status_code=499)  # nobody is listening; nothing is sent
     return reply_response(reply)
+
+
+def pinned_cluster(payload: dict[str, Any], header: str | None) -> str | None:
+    """The cluster a request is pinned to: `model@cluster` (the suffix is removed from the
+    payload) or the X-Hearth-Cluster header; None lets Hearth choose."""
+    model = str(payload["model"])
+    name, at, cluster = model.rpartition("@")
+    if at and name and cluster:
+        payload["model"] = name
+        if header and header != cluster:
+            raise InvalidRequest(
+                f"`model` pins cluster `{cluster}` but X-Hearth-Cluster says `{header}`.", param="model"
+            )
+        return cluster
+    return header or None
 
 
 def parse_json(body: bytes) -> dict[str, Any]:

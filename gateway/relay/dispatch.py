@@ -21,6 +21,7 @@ import orjson
 from gateway.auth.principal import Principal
 from gateway.errors import (
     HearthError,
+    NotFound,
     PermissionDenied,
     RateLimited,
     UpstreamError,
@@ -54,6 +55,7 @@ class CallContext:
     endpoint: str  # "chat.completions", "completions", "embeddings"
     path: str  # below /v1: "chat/completions"
     started: float  # time.perf_counter() when the request arrived
+    cluster: str | None = None  # pinned by `model@cluster` or X-Hearth-Cluster
 
 
 class Dispatcher:
@@ -157,6 +159,13 @@ class Dispatcher:
         deployments = self.router.candidates(model)  # ModelNotFound first: 404 before 403
         if not ctx.principal.may_use(model):
             raise PermissionDenied(f"Your credentials may not use the model `{model}`.", param="model")
+        if ctx.cluster is not None:
+            deployments = [d for d in deployments if d.upstream.cluster == ctx.cluster]
+            if not deployments:
+                raise NotFound(
+                    f"The model `{model}` is not served on cluster `{ctx.cluster}`.", param="model",
+                    code="model_not_on_cluster",
+                )  # fmt: skip
         return deployments[: self.max_attempts]
 
     def _in_flight(self, dep: Deployment) -> _InFlight:
