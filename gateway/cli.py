@@ -301,8 +301,14 @@ def slurm_render(
     except (SiteConfigError, WorkerError) as exc:
         err.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(1) from None
-    # Submitting it by hand needs the key file it names: (umask 077; openssl rand -hex 32 > FILE)
     print(script, end="")
+    key_file = site.keys_dir / "wPREVIEW0000.key"
+    err.print(
+        f"To sbatch this by hand, create the worker's key file first: "
+        f"(umask 077; openssl rand -hex 32 > {key_file}). Hearth does not track jobs submitted by hand.",
+        markup=False,
+        highlight=False,
+    )
 
 
 @endpoint_app.command("register-functions")
