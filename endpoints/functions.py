@@ -282,7 +282,7 @@ async def _status(site: SiteConfig, req: SiteRequest) -> SiteResult:
     views = await workers.list()
     free = await workers.slurm.free_nodes(workers.site.partition or None)
     queued = sum(1 for v in views if v.state is WorkerState.PENDING)
-    return {"version": FUNCTIONS_VERSION, "cluster": workers.site.cluster,
+    return {"version": FUNCTIONS_VERSION, "cluster": workers.site.cluster, "models": sorted(site.models),
             "workers": [v.to_wire() for v in views], "free_nodes": free, "queued": queued}  # fmt: skip
 
 

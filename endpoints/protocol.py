@@ -113,6 +113,7 @@ class SiteRequest(TypedDict):
 class SiteResult(TypedDict):
     version: str
     cluster: NotRequired[str]
+    models: NotRequired[list[str]]  # status: the models the site can start
     workers: NotRequired[list[dict[str, Any]]]  # WorkerView.to_wire()
     worker: NotRequired[dict[str, Any]]
     batch: NotRequired[dict[str, Any]]  # BatchJob.to_wire()

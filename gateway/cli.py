@@ -150,6 +150,52 @@ print(reply.choices[0].message.content)
 
 
 @app.command()
+def models(
+    url: Annotated[
+        str, typer.Option(help="The gateway's base URL.", envvar="HEARTH_URL")
+    ] = "http://127.0.0.1:8000/v1",
+    api_key: Annotated[
+        str | None,
+        typer.Option(help="Your key (or HEARTH_API_KEY / OPENAI_API_KEY).", envvar="HEARTH_API_KEY"),
+    ] = None,
+) -> None:
+    """Models and where they run: hot, starting, queued, cold or offline, per cluster."""
+    import json
+    import os
+    import urllib.error
+    import urllib.request
+
+    key = api_key or os.environ.get("OPENAI_API_KEY")
+    if not key:
+        err.print("[red]Give --api-key (or set HEARTH_API_KEY / OPENAI_API_KEY).[/red]")
+        raise typer.Exit(2)
+    if not url.startswith(("http://", "https://")):
+        err.print(f"[red]{escape(url)} is not an http(s) URL.[/red]")
+        raise typer.Exit(2)
+    request = urllib.request.Request(  # noqa: S310 - http(s) only, checked above
+        f"{url.rstrip('/')}/status", headers={"Authorization": f"Bearer {key}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:  # noqa: S310 - the admin's URL
+            data = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")[:300]
+        err.print(f"[red]{escape(url)} answered HTTP {exc.code}: {escape(detail)}[/red]")
+        raise typer.Exit(1) from None
+    except (urllib.error.URLError, OSError) as exc:
+        err.print(f"[red]Cannot reach {escape(url)}: {escape(str(exc))}[/red]")
+        raise typer.Exit(1) from None
+    table = Table("model", "cluster", "state", "ready", "starting", "queued", "in flight")
+    for model in data.get("models", []):
+        for c in model["clusters"]:
+            table.add_row(
+                Text(model["model"]), Text(c["cluster"]), c["state"], str(c["ready"]), str(c["starting"]),
+                str(c["queued"]), str(c["in_flight"]),
+            )  # fmt: skip
+    out.print(table)
+
+
+@app.command()
 def sim(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8001,
     model: Annotated[str, typer.Option(help="Model name to answer to.")] = "sim-model",

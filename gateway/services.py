@@ -49,6 +49,7 @@ class Services:
     auth: Authenticator
     metrics: GatewayMetrics
     redis: aioredis.Redis | None
+    sites: list[SiteDirectory] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -93,8 +94,9 @@ class Services:
             negative_ttl_s=settings.auth.negative_cache_ttl_s,
         )
         return cls(
-            settings, db, keys, usage, relay, bridge, catalogue, router, dispatcher, auth, metrics, client
-        )
+            settings, db, keys, usage, relay, bridge, catalogue, router, dispatcher, auth, metrics, client,
+            sites=directories,
+        )  # fmt: skip
 
     async def start(self) -> None:
         if self.settings.store.migrate_on_start:

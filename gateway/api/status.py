@@ -6,7 +6,8 @@ import orjson
 from fastapi import APIRouter
 from starlette.responses import Response
 
-from gateway.deps import ServicesDep
+from gateway.deps import CurrentPrincipal, ServicesDep
+from gateway.routing.status import model_status
 
 router = APIRouter(tags=["status"])
 
@@ -26,6 +27,13 @@ async def ready(services: ServicesDep) -> Response:
     ok = all(checks.values())
     body = {"status": "ready" if ok else "not ready", "checks": checks}
     return Response(orjson.dumps(body), status_code=200 if ok else 503, media_type="application/json")
+
+
+@router.get("/v1/status")
+async def status(principal: CurrentPrincipal, services: ServicesDep) -> Response:
+    """Per model and cluster: hot / starting / queued / cold / offline, with counts."""
+    models = model_status(services.catalogue, services.router, services.sites, may_use=principal.may_use)
+    return Response(orjson.dumps({"object": "status", "models": models}), media_type="application/json")
 
 
 @router.get("/metrics")

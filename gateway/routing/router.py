@@ -62,6 +62,10 @@ class Router:
         """Requests in flight per (model, upstream name), for the metrics."""
         return dict(self._by_deployment)
 
+    def cooling(self, upstream_name: str) -> bool:
+        """Whether the upstream failed recently and is only tried after its peers."""
+        return self._open_until.get(upstream_name, 0.0) > time.monotonic()
+
     def in_flight(self, upstream_name: str) -> int:
         return self._in_flight.get(upstream_name, 0)
 

@@ -8,6 +8,8 @@ next refresh.
 
 from __future__ import annotations
 
+from typing import Any
+
 from gateway.relay.base import Upstream
 from gateway.relay.compute import ComputeRelay
 from gateway.routing.catalogue import UpstreamSource
@@ -18,9 +20,11 @@ class SiteDirectory:
         self.cluster = cluster
         self.relay = relay
         self.site_config = site_config
+        self.last_status: dict[str, Any] | None = None  # what the site said at the last refresh
 
     async def ready_workers(self) -> list[UpstreamSource]:
         status = await self.relay.site_status(self.cluster, self.site_config)
+        self.last_status = status
         return [
             UpstreamSource(
                 Upstream(

@@ -9,7 +9,9 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from typer.testing import CliRunner
 
+from gateway.cli import app
 from tests.support.gateway import Gateway, Sim, start_gateway, start_sim, upstream
 
 
@@ -57,3 +59,23 @@ def test_unknown_or_conflicting_cluster(gw: Gateway) -> None:
     client = gw.client(default_headers={"X-Hearth-Cluster": "alpha"})
     with pytest.raises(openai.BadRequestError):
         client.completions.create(model="sim-model@beta", prompt="x", max_tokens=1)
+
+
+def test_status_and_models_table(gw: Gateway) -> None:
+    status = httpx.get(f"{gw.url}/status", headers={"Authorization": f"Bearer {gw.api_key}"}).json()
+    (entry,) = [m for m in status["models"] if m["model"] == "sim-model"]
+    assert [(c["cluster"], c["state"], c["ready"]) for c in entry["clusters"]] == [
+        ("alpha", "hot", 1),
+        ("beta", "hot", 1),
+    ]
+    assert httpx.get(f"{gw.url}/status").status_code == 401
+    result = CliRunner().invoke(
+        app, ["models", "--url", gw.url, "--api-key", gw.api_key], env={"COLUMNS": "120"}
+    )
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.output.splitlines() if "sim-model" in line]
+    assert len(rows) == 2
+    assert all("hot" in row for row in rows)
+    bad = CliRunner().invoke(app, ["models", "--url", gw.url, "--api-key", "wrong"])
+    assert bad.exit_code == 1
+    assert "HTTP 401" in bad.output

@@ -161,6 +161,12 @@ def test_unknown_model_is_a_clear_site_failure(site_config: Path, site: SiteCall
     assert "does not serve 'nope'" in compute_result["failure"]["detail"]
 
 
+def cluster_states(gw: Gateway) -> dict[str, str]:
+    """GET /v1/status: each model's state on the `site` cluster."""
+    status = httpx.get(f"{gw.url}/status", headers={"Authorization": f"Bearer {gw.api_key}"}).json()
+    return {m["model"]: c["state"] for m in status["models"] for c in m["clusters"] if c["cluster"] == "site"}
+
+
 def test_gateway_discovers_ready_workers_from_the_site(
     site: SiteCall, site_config: Path, logs: Path, tmp_path: Path
 ) -> None:
@@ -185,11 +191,13 @@ def test_gateway_discovers_ready_workers_from_the_site(
         reply = gw.client().completions.create(model="tiny-llama", prompt="hello", max_tokens=3)
         assert reply.usage is not None
         assert reply.usage.completion_tokens == 3
+        assert cluster_states(gw) == {"tiny-llama": "hot", "broken": "cold", "slow-sim": "cold"}
         site(stop_worker, worker_id=worker["worker_id"], drain=False)
         wait_for_state(site, worker["worker_id"], {"gone", "failed"}, timeout=60)
         deadline = time.monotonic() + 30
         while "tiny-llama" in [m.id for m in gw.client().models.list().data]:
             assert time.monotonic() < deadline, "the stopped worker's model stayed listed"
             time.sleep(0.5)
+        assert cluster_states(gw)["tiny-llama"] == "cold"  # the site can still start it
     finally:
         gw.stop()

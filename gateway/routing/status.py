@@ -1,0 +1,69 @@
+"""What is where: per model and cluster, hot / starting / queued / cold / offline.
+
+From the catalogue (the upstreams serving each model), the router (which failed recently, what
+is in flight) and, for clusters that discover workers, what the site said at the last refresh
+(workers starting or queued, models it can start). GET /v1/status and `hearth models` show it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from gateway.routing.catalogue import Catalogue
+from gateway.routing.router import Router
+from gateway.routing.sites import SiteDirectory
+
+
+@dataclass
+class ClusterState:
+    cluster: str
+    state: str  # hot | starting | queued | cold | offline
+    ready: int = 0  # upstreams taking requests now
+    starting: int = 0  # workers whose engine is loading
+    queued: int = 0  # worker jobs waiting in the scheduler's queue
+    in_flight: int = 0
+
+
+def model_status(
+    catalogue: Catalogue, router: Router, sites: Iterable[SiteDirectory], *, may_use: Any = None
+) -> list[dict[str, Any]]:
+    table: dict[str, dict[str, ClusterState]] = {}
+    for model, _ in catalogue.models():
+        if may_use is not None and not may_use(model):
+            continue
+        for dep in catalogue.deployments(model):
+            entry = table.setdefault(model, {}).setdefault(
+                dep.upstream.cluster, ClusterState(dep.upstream.cluster, "offline")
+            )
+            name = dep.upstream.name
+            entry.in_flight += router.in_flight(name)
+            if not router.cooling(name):
+                entry.ready += 1
+    for site in sites:
+        status = site.last_status or {}
+        for model in status.get("models", []):
+            if may_use is None or may_use(model):
+                table.setdefault(model, {}).setdefault(site.cluster, ClusterState(site.cluster, "cold"))
+        for worker in status.get("workers", []):
+            found = table.get(worker.get("model"), {}).get(site.cluster)
+            if found is None:
+                continue
+            if worker.get("state") == "starting":
+                found.starting += 1
+            elif worker.get("state") == "pending":
+                found.queued += 1
+    out = []
+    for model in sorted(table):
+        clusters = []
+        for entry in sorted(table[model].values(), key=lambda e: e.cluster):
+            if entry.ready:
+                entry.state = "hot"
+            elif entry.starting:
+                entry.state = "starting"
+            elif entry.queued:
+                entry.state = "queued"
+            clusters.append(asdict(entry))
+        out.append({"model": model, "clusters": clusters})
+    return out
