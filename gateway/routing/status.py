@@ -7,7 +7,7 @@ is in flight) and, for clusters that discover workers, what the site said at the
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -27,8 +27,13 @@ class ClusterState:
 
 
 def model_status(
-    catalogue: Catalogue, router: Router, sites: Iterable[SiteDirectory], *, may_use: Any = None
+    catalogue: Catalogue,
+    router: Router,
+    sites: Iterable[SiteDirectory],
+    *,
+    may_use: Callable[[str], bool] | None = None,
 ) -> list[dict[str, Any]]:
+    """One entry per model the caller may use: its clusters, each with state and counts."""
     table: dict[str, dict[str, ClusterState]] = {}
     for model, _ in catalogue.models():
         if may_use is not None and not may_use(model):
