@@ -84,11 +84,13 @@ def _open(url: str, timeout_s: float) -> tuple[http.client.HTTPConnection, str]:
     return conn, parts.path.rstrip("/")
 
 
+def _auth(worker: Worker) -> dict[str, str]:
+    """The worker's own bearer key, if it has one."""
+    return {"Authorization": f"Bearer {worker['api_key']}"} if worker["api_key"] else {}
+
+
 def _headers(worker: Worker, request_id: str, accept: str) -> dict[str, str]:
-    headers = {"Content-Type": "application/json", "Accept": accept, "X-Request-ID": request_id}
-    if worker["api_key"]:
-        headers["Authorization"] = f"Bearer {worker['api_key']}"
-    return headers
+    return {"Content-Type": "application/json", "Accept": accept, "X-Request-ID": request_id, **_auth(worker)}
 
 
 def _version_failure() -> Failure:
@@ -240,8 +242,7 @@ def list_models(req: ModelsRequest) -> ModelsResult:
     conn: http.client.HTTPConnection | None = None
     try:
         conn, prefix = _open(worker["base_url"], req["timeout_s"])
-        headers = {"Authorization": f"Bearer {worker['api_key']}"} if worker["api_key"] else {}
-        conn.request("GET", f"{prefix}/models", headers=headers)
+        conn.request("GET", f"{prefix}/models", headers=_auth(worker))
         resp = conn.getresponse()
         raw = resp.read()
     except _Failed as exc:

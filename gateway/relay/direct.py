@@ -56,14 +56,12 @@ class DirectRelay(Relay):
 
     @staticmethod
     def _headers(upstream: Upstream, call: UpstreamCall, accept: str) -> dict[str, str]:
-        headers = {
+        return {
             "Content-Type": _JSON,
             "Accept": accept,
             "X-Request-ID": upstream_request_id(call.request_id),
+            **_auth(upstream),
         }
-        if upstream.api_key:
-            headers["Authorization"] = f"Bearer {upstream.api_key}"
-        return headers
 
     async def send(self, upstream: Upstream, call: UpstreamCall) -> UpstreamReply:
         origin, target = self._target(upstream, call.path)
@@ -118,9 +116,7 @@ class DirectRelay(Relay):
 
     async def list_models(self, upstream: Upstream) -> list[str]:
         origin, target = self._target(upstream, "models")
-        headers = {"Accept": _JSON}
-        if upstream.api_key:
-            headers["Authorization"] = f"Bearer {upstream.api_key}"
+        headers = {"Accept": _JSON, **_auth(upstream)}
         resp: Response | None = None
         try:
             async with asyncio.timeout(10.0):
@@ -144,6 +140,11 @@ class DirectRelay(Relay):
 
     async def close(self) -> None:
         await self._pool.close()
+
+
+def _auth(upstream: Upstream) -> dict[str, str]:
+    """The bearer key the upstream requires, if any."""
+    return {"Authorization": f"Bearer {upstream.api_key}"} if upstream.api_key else {}
 
 
 def upstream_request_id(request_id: str) -> str:
