@@ -11,8 +11,16 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_streaming import sim_metric, wait_for
-from tests.support.gateway import Gateway, Sim, interrupted_stream, start_gateway, start_sim, upstream
+from tests.support.gateway import (
+    Gateway,
+    Sim,
+    interrupted_stream,
+    sim_metric,
+    start_gateway,
+    start_sim,
+    upstream,
+    wait_for,
+)
 
 REDIS = {"url": "redis://127.0.0.1:6379/0"}
 

@@ -17,15 +17,16 @@ import openai
 import pytest
 
 from endpoints.protocol import MAX_PAYLOAD_BYTES
-from tests.integration.test_streaming import sim_metric, wait_for
 from tests.support.gateway import (
     Gateway,
     Sim,
     assert_ends_with_error_event,
     interrupted_stream,
+    sim_metric,
     start_gateway,
     start_sim,
     upstream,
+    wait_for,
 )
 
 

@@ -3,8 +3,6 @@ workers refusing before the first byte (fail over)."""
 
 from __future__ import annotations
 
-import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,27 +15,13 @@ from tests.support.gateway import (
     Sim,
     assert_ends_with_error_event,
     interrupted_stream,
+    sim_metric,
     start_gateway,
     start_sim,
     upstream,
+    wait_for,
 )
 from tests.support.procs import free_port
-
-
-def sim_metric(sim: Sim, name: str) -> float:
-    text = httpx.get(f"{sim.root}/metrics").text
-    m = re.search(rf"^{re.escape(name)}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.M)
-    assert m, f"{name} not in sim metrics"
-    return float(m.group(1))
-
-
-def wait_for(predicate: object, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.fixture

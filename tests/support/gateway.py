@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,3 +168,21 @@ def assert_ends_with_error_event(rest: list[str]) -> None:
     assert rest[-1] == "data: [DONE]"
     assert rest[-2].startswith('data: {"error":')
     assert "incomplete" in rest[-2]
+
+
+def sim_metric(sim: Sim, name: str) -> float:
+    """One value from the sim engine's /metrics (the first series of `name`)."""
+    text = httpx.get(f"{sim.root}/metrics").text
+    m = re.search(rf"^{re.escape(name)}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.M)
+    assert m, f"{name} not in sim metrics"
+    return float(m.group(1))
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll `predicate` until it holds (True) or `timeout` passes (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
