@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.api import errors, internal, openai, status
+from gateway.api import auth, errors, internal, openai, status
 from gateway.api.fastlane import FastLane
 from gateway.config import Settings
 from gateway.middleware import RequestContextMiddleware
@@ -37,6 +37,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.services = services
     app.include_router(openai.router)
     app.include_router(status.router)
+    app.include_router(auth.router)
     app.include_router(internal.router)
     errors.install(app)
     app.outer = RequestContextMiddleware(

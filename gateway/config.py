@@ -70,10 +70,69 @@ class StaticKey(_Section):
             raise ValueError("give exactly one of `key` or `sha256`")
 
 
+class GlobusSettings(_Section):
+    """The gateway as a Globus Auth resource server (https://docs.globus.org/api/auth/)."""
+
+    client_id: str = Field(description="The gateway's confidential client id (its resource server).")
+    client_secret: SecretStr = Field(description="That client's secret.")
+    scope: str | None = Field(
+        default=None,
+        description="The scope tokens must carry; default https://auth.globus.org/scopes/<client_id>/inference.",
+    )
+    native_client_id: str | None = Field(
+        default=None, description="The native app `hearth login` signs in with (shown at /v1/auth/config)."
+    )
+    auth_url: str | None = Field(default=None, description="Globus Auth base URL; default Globus's own.")
+    groups_url: str | None = Field(default=None, description="Globus Groups base URL; default Globus's own.")
+    timeout_s: float = Field(default=10.0, gt=0, description="One call to Globus, before 503.")
+    token_cache_ttl_s: float = Field(
+        default=300.0, ge=0, description="How long a verified token is trusted (never past its expiry)."
+    )
+    negative_cache_ttl_s: float = Field(
+        default=10.0, ge=0, description="How long a refused token stays refused."
+    )
+    group_cache_ttl_s: float = Field(
+        default=300.0, ge=0, description="How long an API key owner's group memberships are trusted."
+    )
+    token_encryption_key: SecretStr | None = Field(
+        default=None,
+        description="Fernet key sealing the Groups refresh tokens kept for API keys; default derived "
+        "from client_secret.",
+    )
+
+    @property
+    def required_scope(self) -> str:
+        return self.scope or f"https://auth.globus.org/scopes/{self.client_id}/inference"
+
+
+class PolicySettings(_Section):
+    """Who may use the gateway. Groups are Globus group ids; a list of groups means "any of"."""
+
+    required_groups: list[str] = Field(default_factory=list, description="Members of any of these may enter.")
+    allowed_domains: list[str] = Field(
+        default_factory=list,
+        description="Identity-provider domains (uchicago.edu); the session must use one.",
+    )
+    required_policies: list[str] = Field(
+        default_factory=list, description="Globus authentication policy ids every session must satisfy."
+    )
+    allowed_clients: list[str] = Field(
+        default_factory=list, description="Service (client-credential) identities admitted, by client id."
+    )
+    admins: list[str] = Field(default_factory=list, description="Admin identities: ids or usernames.")
+    admin_groups: list[str] = Field(default_factory=list, description="Members of these are admins.")
+    group_names: dict[str, str] = Field(
+        default_factory=dict, description="Display names of groups, for error messages and /v1/whoami."
+    )
+
+
 class AuthSettings(_Section):
     api_keys: list[StaticKey] = Field(default_factory=list)
     key_cache_ttl_s: float = Field(default=30.0, ge=0, description="How long a verified key is trusted.")
     negative_cache_ttl_s: float = Field(default=5.0, ge=0)
+    globus: GlobusSettings | None = Field(default=None, description="Accept Globus Auth access tokens.")
+    policy: PolicySettings = Field(default_factory=PolicySettings)
+    audit: bool = Field(default=True, description="Record auth decisions and key and admin actions.")
 
 
 class RelaySettings(_Section):
@@ -152,11 +211,17 @@ class ClusterSettings(_Section):
     )
     upstreams: list[UpstreamSettings] = Field(default_factory=list)
     compute: ComputeSettings = Field(default_factory=ComputeSettings)
+    required_groups: list[str] = Field(
+        default_factory=list, description="Only members of any of these Globus groups may use this cluster."
+    )
 
 
 class ModelSettings(_Section):
     clusters: list[str] | None = Field(default=None, description="Clusters it may run on; all if omitted.")
     served_name: str | None = Field(default=None, description="The engine's name for it, if different.")
+    required_groups: list[str] = Field(
+        default_factory=list, description="Only members of any of these Globus groups may use this model."
+    )
 
 
 class Settings(BaseSettings):
@@ -176,6 +241,16 @@ class Settings(BaseSettings):
     models: dict[str, ModelSettings] = Field(default_factory=dict)
 
     def model_post_init(self, context: Any, /) -> None:
+        policy = self.auth.policy
+        uses_groups = any(m.required_groups for m in self.models.values()) or any(
+            c.required_groups for c in self.clusters.values()
+        )
+        if self.auth.globus is None and (
+            uses_groups or any(getattr(policy, f) for f in type(policy).model_fields if f != "group_names")
+        ):
+            raise ValueError(
+                "auth.policy and required_groups need auth.globus (Globus Auth) to be configured"
+            )
         for name, model in self.models.items():
             for cluster in model.clusters or ():
                 if cluster not in self.clusters:
@@ -262,7 +337,9 @@ __all__ = [
     "AuthSettings",
     "ClusterSettings",
     "ConfigError",
+    "GlobusSettings",
     "ModelSettings",
+    "PolicySettings",
     "RedisSettings",
     "RelaySettings",
     "ServerSettings",

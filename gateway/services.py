@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +14,7 @@ import redis.asyncio as aioredis
 
 from endpoints.local import LocalCompute
 from gateway.auth.authenticator import Authenticator
-from gateway.auth.principal import Principal
+from gateway.auth.setup import GlobusAuth, build_auth
 from gateway.config import ComputeSettings, Settings
 from gateway.metrics import GatewayMetrics
 from gateway.relay.base import Relay, Upstream
@@ -28,6 +27,7 @@ from gateway.relay.dispatch import Dispatcher
 from gateway.routing.catalogue import Catalogue, ModelRule, UpstreamSource
 from gateway.routing.router import Router
 from gateway.routing.sites import SiteDirectory
+from gateway.store.audit import AuditLog
 from gateway.store.database import Database
 from gateway.store.keys import KeyStore
 from gateway.store.usage import UsageRecorder
@@ -49,6 +49,8 @@ class Services:
     auth: Authenticator
     metrics: GatewayMetrics
     redis: aioredis.Redis | None
+    audit: AuditLog
+    globus: GlobusAuth | None = None
     sites: list[SiteDirectory] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -87,21 +89,18 @@ class Services:
         catalogue = Catalogue(upstream_sources(settings), relay, model_rules(settings), directories)
         router = Router(catalogue, cooldown_s=r.failure_cooldown_s)
         dispatcher = Dispatcher(router, relay, metrics, usage, max_attempts=r.max_attempts)
-        auth = Authenticator(
-            keys,
-            static_principals(settings),
-            cache_ttl_s=settings.auth.key_cache_ttl_s,
-            negative_ttl_s=settings.auth.negative_cache_ttl_s,
-        )
+        audit = AuditLog(db, enabled=settings.auth.audit)
+        auth, globus = build_auth(settings, keys, client, audit)
         return cls(
             settings, db, keys, usage, relay, bridge, catalogue, router, dispatcher, auth, metrics, client,
-            sites=directories,
+            audit, globus, sites=directories,
         )  # fmt: skip
 
     async def start(self) -> None:
         if self.settings.store.migrate_on_start:
             await self.db.migrate()
         await self.usage.start()
+        await self.audit.start()
         await asyncio.gather(
             *(r.start() for r in self.relay.by_cluster.values() if isinstance(r, ComputeRelay))
         )
@@ -126,6 +125,9 @@ class Services:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.usage.stop()
+        await self.audit.stop()
+        if self.globus is not None:
+            self.globus.close()
         await self.relay.close()
         await self.bridge.aclose()
         if self.redis is not None:
@@ -198,16 +200,3 @@ def model_rules(settings: Settings) -> dict[str, ModelRule]:
         )
         for name, m in settings.models.items()
     }
-
-
-def static_principals(settings: Settings) -> dict[str, Principal]:
-    out = {}
-    for k in settings.auth.api_keys:
-        if k.sha256 is not None:
-            digest = k.sha256
-        else:
-            assert k.key is not None  # StaticKey guarantees one of the two
-            digest = hashlib.sha256(k.key.get_secret_value().encode()).hexdigest()
-        models = frozenset(k.models) if k.models is not None else None
-        out[digest] = Principal(user=k.owner, is_admin=k.admin, models=models)
-    return out

@@ -32,7 +32,13 @@ async def ready(services: ServicesDep) -> Response:
 @router.get("/v1/status")
 async def status(principal: CurrentPrincipal, services: ServicesDep) -> Response:
     """Per model and cluster: hot / starting / queued / cold / offline, with counts."""
-    models = model_status(services.catalogue, services.router, services.sites, may_use=principal.may_use)
+    models = model_status(
+        services.catalogue,
+        services.router,
+        services.sites,
+        may_use=principal.may_use,
+        may_use_cluster=principal.may_use_cluster,
+    )
     return Response(orjson.dumps({"object": "status", "models": models}), media_type="application/json")
 
 

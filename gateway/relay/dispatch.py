@@ -157,8 +157,10 @@ class Dispatcher:
 
     def _candidates(self, ctx: CallContext, model: str) -> list[Deployment]:
         deployments = self.router.candidates(model)  # ModelNotFound first: 404 before 403
-        if not ctx.principal.may_use(model):
-            raise PermissionDenied(f"Your credentials may not use the model `{model}`.", param="model")
+        principal = ctx.principal
+        refusal = principal.refusal(model)
+        if refusal is not None:
+            raise PermissionDenied(refusal, param="model")
         if ctx.cluster is not None:
             deployments = [d for d in deployments if d.upstream.cluster == ctx.cluster]
             if not deployments:
@@ -166,6 +168,12 @@ class Dispatcher:
                     f"The model `{model}` is not served on cluster `{ctx.cluster}`.", param="model",
                     code="model_not_on_cluster",
                 )  # fmt: skip
+        if principal.blocked_clusters:
+            allowed = [d for d in deployments if principal.may_use_cluster(d.upstream.cluster)]
+            if not allowed:
+                reason = principal.cluster_refusal(deployments[0].upstream.cluster)
+                raise PermissionDenied(reason or f"You may not use `{model}` on any cluster.", param="model")
+            deployments = allowed
         return deployments[: self.max_attempts]
 
     def _in_flight(self, dep: Deployment) -> _InFlight:

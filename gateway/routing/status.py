@@ -32,13 +32,16 @@ def model_status(
     sites: Iterable[SiteDirectory],
     *,
     may_use: Callable[[str], bool] | None = None,
+    may_use_cluster: Callable[[str], bool] | None = None,
 ) -> list[dict[str, Any]]:
-    """One entry per model the caller may use: its clusters, each with state and counts."""
+    """One entry per model the caller may use: the clusters they may use, each with state and counts."""
     table: dict[str, dict[str, ClusterState]] = {}
     for model, _ in catalogue.models():
         if may_use is not None and not may_use(model):
             continue
         for dep in catalogue.deployments(model):
+            if may_use_cluster is not None and not may_use_cluster(dep.upstream.cluster):
+                continue
             entry = table.setdefault(model, {}).setdefault(
                 dep.upstream.cluster, ClusterState(dep.upstream.cluster, "offline")
             )
@@ -47,6 +50,8 @@ def model_status(
             if not router.cooling(name):
                 entry.ready += 1
     for site in sites:
+        if may_use_cluster is not None and not may_use_cluster(site.cluster):
+            continue
         status = site.last_status or {}
         for model in status.get("models", []):
             if may_use is None or may_use(model):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import builtins
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import func, literal, select, update
@@ -19,7 +19,7 @@ from gateway.auth.keys import digest_matches, generate_key, parse_key
 from gateway.store.database import Database
 from gateway.store.models import ApiKey, UTCDateTime, utcnow
 
-__all__ = ["ApiKeyInfo", "KeyStore"]
+__all__ = ["ApiKeyInfo", "KeyStore", "VerifiedKey"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ class ApiKeyInfo:
     expires_at: datetime | None
     revoked_at: datetime | None
     last_used_at: datetime | None
+    owner_username: str | None = None
 
     @classmethod
     def _from_row(cls, row: ApiKey) -> ApiKeyInfo:
@@ -48,6 +49,7 @@ class ApiKeyInfo:
             expires_at=row.expires_at,
             revoked_at=row.revoked_at,
             last_used_at=row.last_used_at,
+            owner_username=row.owner_username,
         )
 
     def is_active(self, now: datetime) -> bool:
@@ -55,6 +57,32 @@ class ApiKeyInfo:
         if self.revoked_at is not None:
             return False
         return self.expires_at is None or now < self.expires_at
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class VerifiedKey(ApiKeyInfo):
+    """A live key as :meth:`KeyStore.verify` found it, with what judging it needs.
+
+    Equal to the `ApiKeyInfo` of the same key: the credential is not part of its identity.
+    """
+
+    groups_credential: str | None = field(default=None, repr=False)  # sealed; never shown
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ApiKeyInfo):
+            return NotImplemented
+        return all(getattr(self, f) == getattr(other, f) for f in ApiKeyInfo.__dataclass_fields__)
+
+    def __hash__(self) -> int:  # as ApiKeyInfo's: a hash of its fields
+        return hash(tuple(getattr(self, f) for f in ApiKeyInfo.__dataclass_fields__))
+
+    @classmethod
+    def _from_row(cls, row: ApiKey) -> VerifiedKey:
+        info = ApiKeyInfo._from_row(row)
+        return cls(
+            **{f: getattr(info, f) for f in ApiKeyInfo.__dataclass_fields__},
+            groups_credential=row.groups_credential,
+        )
 
 
 class KeyStore:
@@ -65,9 +93,18 @@ class KeyStore:
         self._clock = clock
 
     async def create(
-        self, owner: str, name: str, expires_at: datetime | None = None
+        self,
+        owner: str,
+        name: str,
+        expires_at: datetime | None = None,
+        *,
+        owner_username: str | None = None,
+        groups_credential: str | None = None,
     ) -> tuple[ApiKeyInfo, str]:
         """Make a key for ``owner``; return its info and the plaintext, which is not kept.
+
+        A key made by a Globus user carries their username and their sealed Groups credential
+        (see :mod:`gateway.auth.owners`), so it follows its owner's group memberships.
 
         ``ValueError`` for an empty or over-long owner or name, or a naive or past expiry.
         """
@@ -87,6 +124,8 @@ class KeyStore:
             owner=owner,
             created_at=now,
             expires_at=expires_at,
+            owner_username=owner_username,
+            groups_credential=groups_credential,
         )
         async with self._db.session() as session:
             session.add(row)
@@ -135,7 +174,7 @@ class KeyStore:
             log.info("api key %s revoked", key_id)
         return revoked is not None
 
-    async def verify(self, plaintext: str) -> ApiKeyInfo | None:
+    async def verify(self, plaintext: str) -> VerifiedKey | None:
         """The live key ``plaintext`` names, or None if it is malformed, unknown, wrong,
         revoked or expired. The digest is compared in constant time."""
         key_id = parse_key(plaintext)
@@ -148,7 +187,7 @@ class KeyStore:
         if not digest_matches(plaintext, row.digest):
             log.info("api key %s presented with a wrong secret", key_id)
             return None
-        info = ApiKeyInfo._from_row(row)
+        info = VerifiedKey._from_row(row)
         if not info.is_active(self._clock()):
             log.info("api key %s rejected: revoked or expired", key_id)
             return None

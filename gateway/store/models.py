@@ -11,12 +11,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Float, Integer, MetaData, String
+from sqlalchemy import BigInteger, Boolean, DateTime, Float, Integer, MetaData, String, Text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["ApiKey", "Base", "UTCDateTime", "UsageEvent", "utcnow"]
+__all__ = ["ApiKey", "AuditEvent", "Base", "UTCDateTime", "UsageEvent", "utcnow"]
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -77,6 +77,10 @@ class ApiKey(Base):
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    owner_username: Mapped[str | None] = mapped_column(String(255))  # the owner's Globus username
+    # The owner's Globus Groups refresh token, sealed (Fernet) with the gateway's key: lets the
+    # key follow its owner's group memberships. Never logged, never returned by the API.
+    groups_credential: Mapped[str | None] = mapped_column(Text())
 
     def __repr__(self) -> str:  # never show the digest
         return f"ApiKey(id={self.id!r}, owner={self.owner!r}, name={self.name!r})"
@@ -104,3 +108,20 @@ class UsageEvent(Base):
     latency_ms: Mapped[float] = mapped_column(Float())
     ttft_ms: Mapped[float | None] = mapped_column(Float())
     stream: Mapped[bool] = mapped_column(Boolean())
+
+
+class AuditEvent(Base):
+    """An auth decision, a key created or revoked, an admin action. Never a token or a key."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    ts: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    actor: Mapped[str] = mapped_column(String(255), index=True)  # identity id, key owner, or "cli"
+    action: Mapped[str] = mapped_column(String(64), index=True)  # e.g. auth.token, key.create
+    outcome: Mapped[str] = mapped_column(String(32))  # allow, deny, ok, error
+    target: Mapped[str | None] = mapped_column(String(255))  # the key id, user, model acted on
+    detail: Mapped[str | None] = mapped_column(Text())  # a reason, as a person would say it
+    request_id: Mapped[str | None] = mapped_column(String(64))

@@ -1,37 +1,20 @@
 """Usage accounting: one :class:`UsageRecord` per relayed request, written in batches.
 
-The request path calls :meth:`UsageRecorder.record`, which only appends to an in-memory
-queue; a background task writes the queue with one multi-row INSERT per batch. If the
-database is down the batch is kept and retried with backoff, so an outage costs memory (up to
-``max_queue`` records; beyond that the oldest are dropped and counted), not data.
-
-Delivery is at-least-once: a commit whose acknowledgement is lost is retried and may be
-written twice. Records hold counts and timings only, never prompts or completions.
+Written by a :class:`gateway.store.writer.BatchWriter`: the request path only appends to an
+in-memory queue. Records hold counts and timings only, never prompts or completions.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-import math
-import time
-from collections import deque
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert
-from sqlalchemy.exc import DBAPIError
-
 from gateway.store.database import Database
 from gateway.store.models import UsageEvent
+from gateway.store.writer import BatchWriter
 
 __all__ = ["UsageRecord", "UsageRecorder"]
-
-log = logging.getLogger(__name__)
-
-_DROP_WARNING_EVERY_S = 60.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -59,171 +42,9 @@ class UsageRecord:
 
 _FIELDS = tuple(f.name for f in fields(UsageRecord))
 
-# ORM bulk INSERT leaves out None values by default, which splits a batch into one statement
-# per distinct set of non-null keys; render_nulls keeps every batch a single executemany.
-# Core, not ORM, insert: one executemany per batch without the ORM's per-row bookkeeping.
-_INSERT = insert(UsageEvent.__table__)  # type: ignore[arg-type]
 
+class UsageRecorder(BatchWriter[UsageRecord]):
+    """Usage records into ``usage_events``. Use from the event loop's thread only."""
 
-class UsageRecorder:
-    """Queues usage records without blocking and writes them in the background.
-
-    Use from the event loop's thread only. ``start()`` once the loop runs; ``stop()`` on
-    shutdown writes what is left (giving up after ``timeout_s`` if the database stays down).
-    """
-
-    def __init__(
-        self,
-        db: Database,
-        *,
-        batch_size: int = 500,
-        flush_interval_s: float = 1.0,
-        max_queue: int = 100_000,
-        max_backoff_s: float = 30.0,
-    ) -> None:
-        if batch_size < 1 or max_queue < 1:
-            raise ValueError("batch_size and max_queue must be at least 1")
-        if flush_interval_s <= 0 or max_backoff_s <= 0:
-            raise ValueError("flush_interval_s and max_backoff_s must be positive")
-        self._db = db
-        self._batch_size = batch_size
-        self._flush_interval_s = flush_interval_s
-        self._max_backoff_s = max_backoff_s
-        self._queue: deque[UsageRecord] = deque(maxlen=max_queue)
-        self._batch: list[UsageRecord] = []  # taken off the queue, not yet committed
-        self._lock = asyncio.Lock()
-        self._work = asyncio.Event()  # a full batch is waiting, or stop() was called
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._written = 0
-        self._dropped = 0
-        self._write_errors = 0
-        self._last_drop_warning = -math.inf
-
-    @property
-    def written(self) -> int:
-        """Records committed to the database."""
-        return self._written
-
-    @property
-    def dropped(self) -> int:
-        """Records discarded because the queue was full."""
-        return self._dropped
-
-    @property
-    def pending(self) -> int:
-        """Records accepted but not yet committed."""
-        return len(self._queue) + len(self._batch)
-
-    @property
-    def write_errors(self) -> int:
-        """Failed batch writes (each is retried)."""
-        return self._write_errors
-
-    def record(self, rec: UsageRecord) -> None:
-        """Queue ``rec``; never blocks. When the queue is full the oldest record is dropped."""
-        if len(self._queue) == self._queue.maxlen:
-            self._dropped += 1
-            now = time.monotonic()
-            if now - self._last_drop_warning >= _DROP_WARNING_EVERY_S:
-                self._last_drop_warning = now
-                log.warning(
-                    "usage queue full (%d records): dropping the oldest, %d dropped so far",
-                    self._queue.maxlen,
-                    self._dropped,
-                )
-        self._queue.append(rec)
-        if len(self._queue) >= self._batch_size:
-            self._work.set()
-
-    async def start(self) -> None:
-        """Start the background writer (a no-op if it is running)."""
-        if self._task is not None:
-            return
-        self._stopping.clear()
-        self._task = asyncio.create_task(self._run(), name="hearth-usage-recorder")
-
-    async def flush(self) -> None:
-        """Write everything queued so far, one INSERT per batch.
-
-        Raises the database error if a write fails; the failed batch stays pending.
-        """
-        async with self._lock:
-            remaining = len(self._queue)
-            while self._batch or remaining:
-                if not self._batch:
-                    take = min(self._batch_size, remaining, len(self._queue))
-                    if take == 0:
-                        return
-                    self._batch = [self._queue.popleft() for _ in range(take)]
-                    remaining -= take
-                await self._insert(self._batch)
-                self._written += len(self._batch)
-                self._batch = []
-
-    async def stop(self, timeout_s: float | None = 30.0) -> None:
-        """Write everything that is pending, then stop the background writer.
-
-        Retries a failing database until ``timeout_s`` has passed, then gives up and logs how
-        many records were lost. Without a running writer this is just :meth:`flush`.
-        """
-        task = self._task
-        if task is None:
-            await self.flush()
-            return
-        self._stopping.set()
-        self._work.set()
-        try:
-            await asyncio.wait_for(asyncio.shield(task), timeout_s)
-        except TimeoutError:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            log.error("usage recorder stopped with %d records unwritten", self.pending)
-        finally:
-            self._task = None
-
-    async def _run(self) -> None:
-        failures = 0
-        while True:
-            if failures == 0:
-                await _wait(self._work, self._flush_interval_s)
-            else:
-                delay = min(self._flush_interval_s * 2**failures, self._max_backoff_s)
-                if self._stopping.is_set():
-                    await asyncio.sleep(delay)
-                else:
-                    await _wait(self._stopping, delay)
-            self._work.clear()
-            stopping = self._stopping.is_set()
-            try:
-                await self.flush()
-            except Exception as exc:  # the database is down or refusing: keep, back off, retry
-                failures += 1
-                self._write_errors += 1
-                log.error(
-                    "writing usage records failed (attempt %d, %d pending): %s",
-                    failures,
-                    self.pending,
-                    _describe(exc),
-                )
-                continue
-            failures = 0
-            if stopping:
-                return
-
-    async def _insert(self, batch: list[UsageRecord]) -> None:
-        async with self._db.engine.begin() as conn:
-            await conn.execute(_INSERT, [rec.as_row() for rec in batch])
-
-
-async def _wait(event: asyncio.Event, timeout_s: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), timeout_s)
-
-
-def _describe(exc: BaseException) -> str:
-    """A one-line reason for the log: the driver's message, without SQL or parameters."""
-    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
-    first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
-    return f"{type(cause).__name__}: {first_line[:200]}"
+    def __init__(self, db: Database, **options: Any) -> None:
+        super().__init__(db, UsageEvent.__table__, name="usage", **options)

@@ -114,6 +114,7 @@ def start_gateway(
     key = "sk-test-" + secrets.token_urlsafe(16)
     server = sections.pop("server", {})
     store = sections.pop("store", {})
+    auth = sections.pop("auth", {})
     config: dict[str, Any] = {}
 
     def make(port: int) -> ServerProcess:
@@ -121,7 +122,10 @@ def start_gateway(
         config.update({
             "server": {"host": "127.0.0.1", "port": port, **server},
             "store": {"url": store_url, "usage_flush_interval_s": 0.05, **store},
-            "auth": {"api_keys": [{"owner": "tester", "key": key, "admin": True}, *(extra_keys or [])]},
+            "auth": {
+                "api_keys": [{"owner": "tester", "key": key, "admin": True}, *(extra_keys or [])],
+                **auth,
+            },
             "clusters": clusters,
             **({"models": models} if models else {}),
             **sections,

@@ -70,7 +70,7 @@ async def test_stored_key(keys: KeyStore) -> None:
     auth = Authenticator(keys, {})
     info, plaintext = await keys.create("alice", "laptop")
     principal = await auth.authenticate(bearer(plaintext))
-    assert principal == Principal(user="alice", key_id=info.id)
+    assert principal == Principal(user="alice", key_id=info.id, auth="api_key")
     stored = await keys.get(info.id)
     assert stored is not None
     assert stored.last_used_at is not None

@@ -76,6 +76,7 @@ async def test_info_and_list_do_not_expose_digests(keys: KeyStore) -> None:
         "expires_at",
         "revoked_at",
         "last_used_at",
+        "owner_username",
     }
     listed = await keys.list()
     assert len(listed) == 1

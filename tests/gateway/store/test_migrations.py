@@ -15,6 +15,8 @@ from sqlalchemy import Connection, inspect, text
 from gateway.store.database import MIGRATIONS_DIR, Database, alembic_config, normalize_url
 from gateway.store.models import Base
 
+HEAD = "0002"  # the newest migration
+
 
 async def _version(db: Database) -> list[str]:
     async with db.engine.connect() as conn:
@@ -32,8 +34,8 @@ async def test_migrate_creates_schema_and_is_idempotent(database_url: str) -> No
     try:
         await db.migrate()
         await db.migrate()
-        assert await _version(db) == ["0001"]
-        assert {"api_keys", "usage_events", "alembic_version"} <= await _tables(db)
+        assert await _version(db) == [HEAD]
+        assert {"api_keys", "usage_events", "audit_events", "alembic_version"} <= await _tables(db)
     finally:
         await db.close()
 
@@ -73,7 +75,7 @@ async def test_downgrade_to_base_and_up_again(database: Database) -> None:
         await conn.run_sync(downgrade)
     assert not {"api_keys", "usage_events"} & await _tables(database)
     await database.migrate()
-    assert await _version(database) == ["0001"]
+    assert await _version(database) == [HEAD]
 
 
 @pytest.mark.postgres
@@ -81,7 +83,7 @@ async def test_replicas_migrating_together_do_not_collide(postgres_url: str) -> 
     replicas = [Database(postgres_url) for _ in range(4)]
     try:
         await asyncio.gather(*(db.migrate() for db in replicas))
-        assert await _version(replicas[0]) == ["0001"]
+        assert await _version(replicas[0]) == [HEAD]
     finally:
         for db in replicas:
             await db.close()

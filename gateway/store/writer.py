@@ -1,0 +1,209 @@
+"""A background writer: records queued without blocking, written in batches.
+
+The request path calls :meth:`BatchWriter.record`, which only appends to an in-memory queue; a
+background task writes the queue with one multi-row INSERT per batch. If the database is down
+the batch is kept and retried with backoff, so an outage costs memory (up to ``max_queue``
+records; beyond that the oldest are dropped and counted), not data.
+
+Delivery is at-least-once: a commit whose acknowledgement is lost is retried and may be
+written twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from typing import Any, Generic, Protocol, TypeVar
+
+from sqlalchemy import FromClause, insert
+from sqlalchemy.exc import DBAPIError
+
+from gateway.store.database import Database
+
+__all__ = ["BatchWriter"]
+
+log = logging.getLogger(__name__)
+
+_DROP_WARNING_EVERY_S = 60.0
+
+
+class _Row(Protocol):
+    def as_row(self) -> dict[str, Any]: ...
+
+
+R = TypeVar("R", bound=_Row)
+
+
+class BatchWriter(Generic[R]):
+    """Queues records without blocking and writes them to ``table`` in the background.
+
+    Use from the event loop's thread only. ``start()`` once the loop runs; ``stop()`` on
+    shutdown writes what is left (giving up after ``timeout_s`` if the database stays down).
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        table: FromClause,
+        *,
+        name: str,
+        batch_size: int = 500,
+        flush_interval_s: float = 1.0,
+        max_queue: int = 100_000,
+        max_backoff_s: float = 30.0,
+    ) -> None:
+        if batch_size < 1 or max_queue < 1:
+            raise ValueError("batch_size and max_queue must be at least 1")
+        if flush_interval_s <= 0 or max_backoff_s <= 0:
+            raise ValueError("flush_interval_s and max_backoff_s must be positive")
+        self._db = db
+        # Core, not ORM, insert: one executemany per batch without the ORM's per-row bookkeeping.
+        self._insert_stmt = insert(table)  # type: ignore[arg-type]
+        self._name = name
+        self._batch_size = batch_size
+        self._flush_interval_s = flush_interval_s
+        self._max_backoff_s = max_backoff_s
+        self._queue: deque[R] = deque(maxlen=max_queue)
+        self._batch: list[R] = []  # taken off the queue, not yet committed
+        self._lock = asyncio.Lock()
+        self._work = asyncio.Event()  # a full batch is waiting, or stop() was called
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._written = 0
+        self._dropped = 0
+        self._write_errors = 0
+        self._last_drop_warning = -math.inf
+
+    @property
+    def written(self) -> int:
+        """Records committed to the database."""
+        return self._written
+
+    @property
+    def dropped(self) -> int:
+        """Records discarded because the queue was full."""
+        return self._dropped
+
+    @property
+    def pending(self) -> int:
+        """Records accepted but not yet committed."""
+        return len(self._queue) + len(self._batch)
+
+    @property
+    def write_errors(self) -> int:
+        """Failed batch writes (each is retried)."""
+        return self._write_errors
+
+    def record(self, rec: R) -> None:
+        """Queue ``rec``; never blocks. When the queue is full the oldest record is dropped."""
+        if len(self._queue) == self._queue.maxlen:
+            self._dropped += 1
+            now = time.monotonic()
+            if now - self._last_drop_warning >= _DROP_WARNING_EVERY_S:
+                self._last_drop_warning = now
+                log.warning(
+                    "%s queue full (%d records): dropping the oldest, %d dropped so far",
+                    self._name,
+                    self._queue.maxlen,
+                    self._dropped,
+                )
+        self._queue.append(rec)
+        if len(self._queue) >= self._batch_size:
+            self._work.set()
+
+    async def start(self) -> None:
+        """Start the background writer (a no-op if it is running)."""
+        if self._task is not None:
+            return
+        self._stopping.clear()
+        self._task = asyncio.create_task(self._run(), name=f"hearth-{self._name}-writer")
+
+    async def flush(self) -> None:
+        """Write everything queued so far, one INSERT per batch.
+
+        Raises the database error if a write fails; the failed batch stays pending.
+        """
+        async with self._lock:
+            remaining = len(self._queue)
+            while self._batch or remaining:
+                if not self._batch:
+                    take = min(self._batch_size, remaining, len(self._queue))
+                    if take == 0:
+                        return
+                    self._batch = [self._queue.popleft() for _ in range(take)]
+                    remaining -= take
+                await self._insert(self._batch)
+                self._written += len(self._batch)
+                self._batch = []
+
+    async def stop(self, timeout_s: float | None = 30.0) -> None:
+        """Write everything that is pending, then stop the background writer.
+
+        Retries a failing database until ``timeout_s`` has passed, then gives up and logs how
+        many records were lost. Without a running writer this is just :meth:`flush`.
+        """
+        task = self._task
+        if task is None:
+            await self.flush()
+            return
+        self._stopping.set()
+        self._work.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout_s)
+        except TimeoutError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            log.error("%s writer stopped with %d records unwritten", self._name, self.pending)
+        finally:
+            self._task = None
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            if failures == 0:
+                await _wait(self._work, self._flush_interval_s)
+            else:
+                delay = min(self._flush_interval_s * 2**failures, self._max_backoff_s)
+                if self._stopping.is_set():
+                    await asyncio.sleep(delay)
+                else:
+                    await _wait(self._stopping, delay)
+            self._work.clear()
+            stopping = self._stopping.is_set()
+            try:
+                await self.flush()
+            except Exception as exc:  # the database is down or refusing: keep, back off, retry
+                failures += 1
+                self._write_errors += 1
+                log.error(
+                    "writing %s records failed (attempt %d, %d pending): %s",
+                    self._name,
+                    failures,
+                    self.pending,
+                    _describe(exc),
+                )
+                continue
+            failures = 0
+            if stopping:
+                return
+
+    async def _insert(self, batch: list[R]) -> None:
+        async with self._db.engine.begin() as conn:
+            await conn.execute(self._insert_stmt, [rec.as_row() for rec in batch])
+
+
+async def _wait(event: asyncio.Event, timeout_s: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout_s)
+
+
+def _describe(exc: BaseException) -> str:
+    """A one-line reason for the log: the driver's message, without SQL or parameters."""
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+    return f"{type(cause).__name__}: {first_line[:200]}"
