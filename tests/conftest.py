@@ -10,7 +10,7 @@ import pytest
 from tests.support.gateway import Gateway, Sim, start_gateway, start_sim, upstream
 from tests.support.postgres import postgres_database
 
-pytest_plugins = ["tests.support.slurm_fixtures"]
+pytest_plugins = ["tests.support.slurm_fixtures", "tests.support.globus_fixtures"]
 
 
 @pytest.fixture(scope="session")
