@@ -135,6 +135,49 @@ class AuthSettings(_Section):
     audit: bool = Field(default=True, description="Record auth decisions and key and admin actions.")
 
 
+class LimitSet(_Section):
+    """Limits on one scope; each omitted (null) limit does not apply."""
+
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    tokens_per_minute: int | None = Field(default=None, ge=1, description="Prompt + completion tokens.")
+    concurrent_requests: int | None = Field(default=None, ge=1)
+    daily_tokens: int | None = Field(default=None, ge=1, description="Per UTC day.")
+
+    @property
+    def empty(self) -> bool:
+        return all(getattr(self, f) is None for f in type(self).model_fields)
+
+
+class LimitsSettings(_Section):
+    """Quotas and rate limits: atomic across replicas through Redis, in-process without it."""
+
+    user: LimitSet = Field(default_factory=LimitSet, description="Every user's limits, unless in `users`.")
+    users: dict[str, LimitSet] = Field(
+        default_factory=dict, description="Limits for one user (identity id, username or key owner)."
+    )
+    groups: dict[str, LimitSet] = Field(
+        default_factory=dict, description="Limits shared by all members of a Globus group together."
+    )
+    models: dict[str, LimitSet] = Field(
+        default_factory=dict, description="Limits on all traffic to one model together."
+    )
+    redis_failure: Literal["open", "closed"] = Field(
+        default="open",
+        description="When Redis cannot be reached: open admits (loudly, hearth_limiter_degraded=1); "
+        "closed answers 503.",
+    )
+    default_max_tokens: int = Field(
+        default=1024, ge=1, description="Completion tokens reserved when a request does not say max_tokens."
+    )
+    exempt_admins: bool = Field(default=False, description="Admins are not limited.")
+
+    @property
+    def any(self) -> bool:
+        return not self.user.empty or any(
+            not s.empty for group in (self.users, self.groups, self.models) for s in group.values()
+        )
+
+
 class RelaySettings(_Section):
     connect_timeout_s: float = Field(default=5.0, gt=0)
     request_timeout_s: float = Field(default=600.0, gt=0, description="Whole non-streaming request.")
@@ -237,6 +280,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = Field(default_factory=RedisSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     relay: RelaySettings = Field(default_factory=RelaySettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
     clusters: dict[str, ClusterSettings] = Field(default_factory=dict)
     models: dict[str, ModelSettings] = Field(default_factory=dict)
 
@@ -338,6 +382,8 @@ __all__ = [
     "ClusterSettings",
     "ConfigError",
     "GlobusSettings",
+    "LimitSet",
+    "LimitsSettings",
     "ModelSettings",
     "PolicySettings",
     "RedisSettings",

@@ -107,6 +107,13 @@ class RateLimited(HearthError):
     code = "rate_limit_exceeded"
 
 
+class QuotaExceeded(RateLimited):
+    """429: a daily token budget is spent; carries Retry-After (the next UTC day)."""
+
+    type = "insufficient_quota"
+    code = "quota_exceeded"
+
+
 class UpstreamError(HearthError):
     """502: the worker answered badly (5xx, broken response, connection dropped)."""
 

@@ -60,6 +60,18 @@ class GatewayMetrics:
             ["upstream", "reason"],
             registry=r,
         )
+        self.limiter_rejections = Counter(
+            "hearth_limiter_rejections",
+            "Requests refused by a limit, by limit (requests, tokens, daily_tokens, concurrent) and "
+            "scope (user, group, model).",
+            ["limit", "scope"],
+            registry=r,
+        )
+        self.limiter_degraded = Gauge(
+            "hearth_limiter_degraded",
+            "1 while Redis cannot be reached and the limiter runs in its failure mode.",
+            registry=r,
+        )
         self.usage_dropped = Gauge(
             "hearth_usage_records_dropped",
             "Usage records dropped because the queue was full.",

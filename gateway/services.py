@@ -16,6 +16,7 @@ from endpoints.local import LocalCompute
 from gateway.auth.authenticator import Authenticator
 from gateway.auth.setup import GlobusAuth, build_auth
 from gateway.config import ComputeSettings, Settings
+from gateway.limits.limiter import Limiter
 from gateway.metrics import GatewayMetrics
 from gateway.relay.base import Relay, Upstream
 from gateway.relay.bridge import LocalStreamBridge, StreamBridge
@@ -50,6 +51,7 @@ class Services:
     metrics: GatewayMetrics
     redis: aioredis.Redis | None
     audit: AuditLog
+    limiter: Limiter
     globus: GlobusAuth | None = None
     sites: list[SiteDirectory] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -71,7 +73,13 @@ class Services:
             stream_idle_timeout_s=r.stream_idle_timeout_s,
             max_connections=r.max_connections,
         )
-        client = aioredis.Redis.from_url(settings.redis.url) if settings.redis.url else None
+        # Bounded waits: a Redis that hangs must fail a request's limiter or cache look-up
+        # quickly (each has a degraded mode), not hold it; stream reads block for at most seconds.
+        client = (
+            aioredis.Redis.from_url(settings.redis.url, socket_connect_timeout=2.0, socket_timeout=15.0)
+            if settings.redis.url
+            else None
+        )
         # With Redis the replicas share one bridge: a site's callback may reach any of them.
         # A reader waits a minute longer than the site does for the worker's next event.
         bridge_idle_s = r.stream_idle_timeout_s + 60.0
@@ -88,12 +96,14 @@ class Services:
         ]
         catalogue = Catalogue(upstream_sources(settings), relay, model_rules(settings), directories)
         router = Router(catalogue, cooldown_s=r.failure_cooldown_s)
-        dispatcher = Dispatcher(router, relay, metrics, usage, max_attempts=r.max_attempts)
+        # A lease outlives the longest request, so a replica that dies frees its slots in time.
+        limiter = Limiter(settings.limits, client, metrics, lease_ttl_s=r.request_timeout_s + 60.0)
+        dispatcher = Dispatcher(router, relay, metrics, usage, max_attempts=r.max_attempts, limiter=limiter)
         audit = AuditLog(db, enabled=settings.auth.audit)
         auth, globus = build_auth(settings, keys, client, audit)
         return cls(
             settings, db, keys, usage, relay, bridge, catalogue, router, dispatcher, auth, metrics, client,
-            audit, globus, sites=directories,
+            audit, limiter, globus, sites=directories,
         )  # fmt: skip
 
     async def start(self) -> None:
@@ -124,6 +134,7 @@ class Services:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.limiter.drain()
         await self.usage.stop()
         await self.audit.stop()
         if self.globus is not None:

@@ -22,8 +22,8 @@ if ((dev)); then
   command -v cmake >/dev/null || packages+=(cmake)
   command -v g++ >/dev/null || packages+=(g++)
   command -v make >/dev/null || packages+=(make)
-  # The tests start throwaway Slurm clusters (slurm-wlm, munge) and lint sbatch scripts.
-  for pkg in slurm-wlm munge shellcheck; do
+  # The tests start throwaway Slurm clusters (slurm-wlm, munge) and Redis servers, and lint sbatch scripts.
+  for pkg in slurm-wlm munge shellcheck redis-server; do
     [[ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null)" == "install ok installed" ]] || packages+=("$pkg")
   done
 fi

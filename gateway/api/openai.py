@@ -17,6 +17,7 @@ from gateway.api.responses import ClientDisconnected, SSEResponse, cancel_on_dis
 from gateway.auth.principal import Principal
 from gateway.deps import CurrentPrincipal, ServicesDep
 from gateway.errors import InvalidRequest, ModelNotFound
+from gateway.limits.buckets import estimate_tokens
 from gateway.relay.base import UpstreamReply
 from gateway.relay.dispatch import CallContext
 from gateway.services import Services
@@ -82,9 +83,28 @@ async def generate(
     validate(schema, payload)
     state = request.scope["state"]
     cluster = pinned_cluster(payload, request.headers.get("x-hearth-cluster"))
+    limiter = services.limiter
+    reservation = None
+    if limiter.enabled:
+        estimate = estimate_tokens(payload, len(body), endpoint, services.settings.limits.default_max_tokens)
+        reservation = await limiter.reserve(principal, str(payload["model"]), estimate)
     ctx = CallContext(
-        principal, state["request_id"], endpoint, endpoint.replace(".", "/"), state["started"], cluster
-    )
+        principal, state["request_id"], endpoint, endpoint.replace(".", "/"), state["started"], cluster,
+        reservation,
+    )  # fmt: skip
+    try:
+        response = await _relay(request, services, ctx, payload, schema)
+    except BaseException:
+        limiter.settle(reservation, 0)  # a no-op when the usage record already settled it
+        raise
+    if reservation is not None:
+        response.headers.update(reservation.headers())
+    return response
+
+
+async def _relay(
+    request: Request, services: Services, ctx: CallContext, payload: dict[str, Any], schema: GenerationSchema
+) -> Response:
     try:
         if payload.get("stream") and schema is not EmbeddingRequest:
             opened = await cancel_on_disconnect(request, services.dispatcher.stream(ctx, payload))
@@ -93,6 +113,7 @@ async def generate(
             return SSEResponse(opened)
         reply = await cancel_on_disconnect(request, services.dispatcher.unary(ctx, payload))
     except ClientDisconnected:
+        services.limiter.settle(ctx.reservation, 0)
         return Response(status_code=499)  # nobody is listening; nothing is sent
     return reply_response(reply)
 

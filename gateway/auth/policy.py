@@ -124,7 +124,9 @@ class AccessPolicy:
         *,
         model_groups: Mapping[str, list[str]] | None = None,
         cluster_groups: Mapping[str, list[str]] | None = None,
+        other_groups: Iterable[str] = (),
     ) -> None:
+        """`other_groups`: groups other parts of the gateway ask about (limits per group)."""
         self._policy = policy
         self._globus = globus
         self._model_groups = {m: frozenset(g) for m, g in (model_groups or {}).items() if g}
@@ -137,6 +139,7 @@ class AccessPolicy:
             self._required
             | self._admin_groups
             | frozenset().union(*self._model_groups.values(), *self._cluster_groups.values())
+            | frozenset(other_groups)
         )
 
     @property

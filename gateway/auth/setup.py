@@ -48,6 +48,7 @@ def build_auth(
             g,
             model_groups={name: m.required_groups for name, m in settings.models.items()},
             cluster_groups={name: c.required_groups for name, c in settings.clusters.items()},
+            other_groups=settings.limits.groups.keys(),
         )
         service = GlobusService(g, required_policies=a.policy.required_policies)
         sealer = Sealer(

@@ -28,6 +28,7 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from gateway.limits.limiter import Limiter, Reservation
 from gateway.metrics import GatewayMetrics
 from gateway.relay.base import (
     BadResponse,
@@ -56,6 +57,7 @@ class CallContext:
     path: str  # below /v1: "chat/completions"
     started: float  # time.perf_counter() when the request arrived
     cluster: str | None = None  # pinned by `model@cluster` or X-Hearth-Cluster
+    reservation: Reservation | None = None  # what the limiter charged; settled with the usage
 
 
 class Dispatcher:
@@ -67,12 +69,14 @@ class Dispatcher:
         usage: UsageRecorder | None,
         *,
         max_attempts: int = 3,
+        limiter: Limiter | None = None,
     ) -> None:
         self.router = router
         self.relay = relay
         self.metrics = metrics
         self.usage = usage
         self.max_attempts = max_attempts
+        self.limiter = limiter
 
     async def unary(self, ctx: CallContext, payload: dict[str, Any]) -> UpstreamReply:
         """Relay a non-streaming request; 4xx answers from the worker are passed through."""
@@ -267,6 +271,8 @@ class Dispatcher:
         *,
         stream: bool,
     ) -> None:
+        if self.limiter is not None:
+            self.limiter.settle(ctx.reservation, prompt + completion)
         if self.usage is None:
             return
         self.usage.record(
