@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Column, Table
 from rich.text import Text
 
+from gateway.cli_login import ConfigDirOpt, keys_create_remote, keys_list_remote, keys_revoke_remote, register
 from gateway.config import ConfigError, Settings, StaticKey, load_settings
 
 app = typer.Typer(
@@ -244,19 +245,29 @@ def config_check(
 
 @keys_app.command("create")
 def keys_create(
-    owner: Annotated[str, typer.Option(help="Identity the key acts as.")],
+    owner: Annotated[str | None, typer.Option(help="With --config: the identity the key acts as.")] = None,
     name: Annotated[str, typer.Option(help="A label to recognise the key by.")] = "default",
     expires: Annotated[str | None, typer.Option(help="Lifetime (30d, 12h, 90m) or an ISO date.")] = None,
     config: ConfigOpt = None,
+    config_dir: ConfigDirOpt = None,
 ) -> None:
-    """Create a key. The key is printed once and only its hash is kept."""
-    from gateway.store.keys import KeyStore
+    """Create a key: your own through the gateway, or (with --config) anyone's in the store.
 
+    The key is printed once and only its hash is kept."""
     expires_at = parse_expiry(expires) if expires else None
+    if not _use_store(config):
+        if owner is not None:
+            raise typer.BadParameter("only with --config: a key made through the gateway is yours")
+        return keys_create_remote(name, expires_at, config_dir)
+    if owner is None:
+        raise typer.BadParameter("--owner is required with --config")
+    from gateway.store.keys import KeyStore
 
     async def create() -> tuple[Any, str]:
         async with _store(config) as db:
-            return await KeyStore(db).create(owner, name, expires_at)
+            info, plaintext = await KeyStore(db).create(owner, name, expires_at)
+            await _audit(db, "key.create", info.id, f"owner={owner!r} name={name!r}")
+            return info, plaintext
 
     info, plaintext = asyncio.run(create())
     out.print(
@@ -271,10 +282,15 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(
     owner: Annotated[str | None, typer.Option(help="Only this owner's keys.")] = None,
-    all_keys: Annotated[bool, typer.Option("--all", help="Include revoked keys.")] = False,
+    all_keys: Annotated[
+        bool, typer.Option("--all", help="With --config: include revoked keys; else everyone's (admins).")
+    ] = False,
     config: ConfigOpt = None,
+    config_dir: ConfigDirOpt = None,
 ) -> None:
-    """List keys (never their secrets)."""
+    """List keys (never their secrets): yours through the gateway, or (with --config) the store's."""
+    if not _use_store(config):
+        return keys_list_remote(all_keys, owner, config_dir)
     from gateway.store.keys import KeyStore
 
     async def fetch() -> list[Any]:
@@ -298,8 +314,11 @@ def keys_list(
 def keys_revoke(
     key_id: Annotated[str, typer.Argument(help="The key id shown by `hearth keys list`.")],
     config: ConfigOpt = None,
+    config_dir: ConfigDirOpt = None,
 ) -> None:
     """Revoke a key; it stops working within the key cache TTL on every gateway."""
+    if not _use_store(config):
+        return keys_revoke_remote(key_id, config_dir)
     from gateway.store.keys import KeyStore
 
     async def revoke() -> str:
@@ -311,6 +330,7 @@ def keys_revoke(
             if info.revoked_at is not None:
                 return "already"
             await keys.revoke(key_id)
+            await _audit(db, "admin.key.revoke", key_id, f"owner={info.owner!r}")
             return "revoked"
 
     outcome = asyncio.run(revoke())
@@ -402,6 +422,24 @@ def endpoint_register_functions(
         out.print(f"and {escape(str(endpoint_dir))}/user_config_template.yaml.j2 (the engine).")
 
 
+def _use_store(config: Path | None) -> bool:
+    """The keys commands work on the store with --config (or HEARTH_STORE__URL), else on the gateway."""
+    import os
+
+    return config is not None or bool(os.environ.get("HEARTH_STORE__URL"))
+
+
+async def _audit(db: Any, action: str, target: str, detail: str) -> None:
+    """Record an admin action taken on the store directly (actor: cli:<login name>)."""
+    import getpass
+
+    from gateway.store.audit import AuditLog
+
+    audit = AuditLog(db)
+    audit.log(f"cli:{getpass.getuser()}", action, "ok", target=target, detail=detail)
+    await audit.flush()
+
+
 class _store:
     """The configured store, migrated, for one CLI command."""
 
@@ -442,6 +480,9 @@ def parse_expiry(text: str, now: datetime | None = None) -> datetime:
 
 def _when(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M") if value else "-"
+
+
+register(app)  # login, whoami, token, logout (gateway/cli_login.py)
 
 
 def main() -> None:

@@ -158,6 +158,22 @@ def test_revoke(store: Store) -> None:
     assert (listed[key_id]["state"], listed[kept]["state"]) == ("revoked", "active")
 
 
+def test_create_and_revoke_are_audited(store: Store) -> None:
+    import getpass
+    import sqlite3
+
+    key_id, plaintext, _ = create(store, "alice")
+    ok(hearth(store, "keys", "revoke", key_id))
+    with sqlite3.connect(store.url.removeprefix("sqlite:///")) as db:
+        audit = db.execute("SELECT actor, action, target, detail FROM audit_events ORDER BY id").fetchall()
+    actor = f"cli:{getpass.getuser()}"
+    assert [(a, act, t) for a, act, t, _ in audit] == [
+        (actor, "key.create", key_id),
+        (actor, "admin.key.revoke", key_id),
+    ]
+    assert all(plaintext not in (d or "") for *_, d in audit)
+
+
 def test_revoke_twice(store: Store) -> None:
     key_id, _, _ = create(store)
     ok(hearth(store, "keys", "revoke", key_id))

@@ -20,7 +20,6 @@ from tests.support.globus_auth import (
     ResourceServer,
 )
 
-
 NO_RETRIES = RetryConfig(max_retries=0)
 
 
