@@ -24,12 +24,15 @@ class HearthError(Exception):
         param: str | None = None,
         code: str | None = None,
         headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
+        """`extra`: more members of the error object, e.g. Globus's ``authorization_parameters``."""
         super().__init__(message)
         self.message = message
         self.param = param
         self.error_code = code if code is not None else self.code
         self.headers = headers or {}
+        self.extra = extra or {}
 
     def body(self) -> dict[str, Any]:
         return {
@@ -38,6 +41,7 @@ class HearthError(Exception):
                 "type": self.type,
                 "param": self.param,
                 "code": self.error_code,
+                **self.extra,
             }
         }
 

@@ -126,10 +126,12 @@ async def create_key(request: Request, principal: CurrentPrincipal, services: Se
 
 
 @router.get("/v1/keys")
-async def list_keys(principal: CurrentPrincipal, services: ServicesDep, all: bool = False) -> Response:
+async def list_keys(
+    principal: CurrentPrincipal, services: ServicesDep, all: bool = False, include_revoked: bool = False
+) -> Response:
     if all and not principal.is_admin:
         raise PermissionDenied("Only admins may list everyone's keys.", code="admin_required")
-    keys = await services.keys.list(owner=None if all else principal.user)
+    keys = await services.keys.list(owner=None if all else principal.user, include_revoked=include_revoked)
     return _json({"object": "list", "data": [_key_json(k) for k in keys]})
 
 

@@ -222,6 +222,10 @@ class AccessPolicy:
                 f"this gateway requires a session authenticated with {allowed}. "
                 "Run `hearth login --force`.",
                 code="session_domain_required",
+                extra=_reauthenticate(
+                    f"Sign in with an identity from {allowed}.",
+                    session_required_single_domain=list(self._domains),
+                ),
             )
         raise PermissionDenied(
             f"This gateway requires an identity from {allowed}; link one at "
@@ -236,6 +240,10 @@ class AccessPolicy:
                     f"Sign in again: your Globus session does not satisfy the authentication policy "
                     f"{policy_id} (high-assurance sessions expire). Run `hearth login --force`.",
                     code="session_policy_required",
+                    extra=_reauthenticate(
+                        "Sign in again to satisfy this gateway's authentication policy.",
+                        session_required_policies=[policy_id],
+                    ),
                 )
 
     def _check_required(self, groups: Iterable[Group]) -> None:
@@ -305,3 +313,10 @@ class AccessPolicy:
 
 def _domain(username: str) -> str:
     return username.rpartition("@")[2].lower()
+
+
+def _reauthenticate(message: str, **parameters: list[str]) -> dict[str, Any]:
+    """A Globus Auth Requirements Error's members (https://docs.globus.org/api/auth/
+    reference/#auth_requirements_errors): tools such as `hearth login` and the Globus SDK
+    read them and start the sign-in that satisfies the requirement."""
+    return {"authorization_parameters": {"session_message": message, "prompt": "login", **parameters}}

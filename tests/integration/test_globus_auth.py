@@ -15,6 +15,7 @@ import globus_sdk
 import httpx
 import openai
 import pytest
+from globus_sdk.gare import is_gare
 
 from tests.support.gateway import Gateway, Sim, start_gateway, start_sim, upstream, wait_for
 from tests.support.globus_auth import GlobusAuthStandIn, Identity, ResourceServer
@@ -286,6 +287,8 @@ def test_wrong_identity_provider_domain(session_gateway: Gateway, world: World) 
     assert r.status_code == 403
     assert error(r)["code"] == "session_domain_required"
     assert "alice@anl.gov" in error(r)["message"]
+    assert error(r)["authorization_parameters"]["session_required_single_domain"] == ["anl.gov"]
+    assert is_gare(error(r))  # what `hearth login` and the Globus SDK act on
 
 
 def test_failed_authentication_policy(session_gateway: Gateway, world: World) -> None:
@@ -295,6 +298,7 @@ def test_failed_authentication_policy(session_gateway: Gateway, world: World) ->
         assert r.status_code == 403
         assert error(r)["code"] == "session_policy_required"
         assert "hearth login --force" in error(r)["message"]
+        assert error(r)["authorization_parameters"]["session_required_policies"] == [world.policy]
     finally:
         world.globus.set_policy_result(world.policy, world.alice, None)
     assert call(session_gateway, world.token(world.alice)).status_code == 200
