@@ -44,6 +44,11 @@ class InferRequest(TypedDict):
     body: bytes
     request_id: str
     timeout_s: float
+    # The W3C trace context (https://www.w3.org/TR/trace-context/) the engine should continue,
+    # sent to it as headers; only when the gateway traces. Optional both ways: site functions
+    # of this version that predate it ignore it, so FUNCTIONS_VERSION is unchanged.
+    traceparent: NotRequired[str]
+    tracestate: NotRequired[str]
 
 
 class InferStreamRequest(InferRequest):

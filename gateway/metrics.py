@@ -1,20 +1,102 @@
 """Prometheus metrics of one gateway process, on a registry of its own (no module state).
 
-Names follow Prometheus conventions with the ``hearth_`` prefix. Label values are bounded:
-model names from the catalogue, upstream names from the config, endpoint names from the API.
+Names follow Prometheus conventions with the ``hearth_`` prefix (counters are exposed with
+``_total``). Label values are bounded: model names from the catalogue, cluster and upstream
+names from the config, endpoint names from the API, and small fixed sets (kind, state, reason).
+The gauges that describe the present (in flight, queue depth, workers, usage queue) are set
+at scrape time by GET /metrics (`gateway.api.status`), not on the request path.
 """
 
 from __future__ import annotations
 
-from typing import TypeVar
+from bisect import bisect_right
+from collections.abc import Iterable, Iterator, Mapping
+from itertools import pairwise
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.metrics_core import HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 MetricT = TypeVar("MetricT", bound=MetricWrapperBase)
 
 # Latency buckets from 1 ms (gateway overhead) to 10 min (long generations).
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+# Gaps between tokens: vLLM's buckets for vllm:time_per_output_token_seconds (10 ms to 80 s),
+# with finer steps below 10 ms for fast engines and the simulator.
+_INTER_TOKEN = (
+    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75,
+    1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0,
+)  # fmt: skip
+
+WORKER_STATES = ("hot", "starting", "queued", "cold", "offline")
+AUTH_METHODS = ("static_key", "api_key", "globus")
+
+
+class GapSeries:
+    """One label set of a `GapHistogram`: bucket counts (the last is +Inf) and the sum.
+
+    Observing costs a fraction of `prometheus_client`'s (no lock; a batch of gaps is sorted
+    once and split at the bounds): it runs for every streamed token. It is only called from
+    the event loop's thread, as is the scrape.
+    """
+
+    __slots__ = ("_bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self._bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe_gaps(self, times: list[float]) -> None:
+        """Observe each gap between consecutive `times` (ascending)."""
+        gaps = sorted([b - a for a, b in pairwise(times)])
+        counts, start, n = self.counts, 0, len(gaps)
+        for i, bound in enumerate(self._bounds):
+            end = bisect_right(gaps, bound, start)  # gaps <= bound: `le` semantics
+            counts[i] += end - start
+            start = end
+            if start == n:
+                break
+        counts[-1] += n - start
+        self.sum += sum(gaps)
+
+
+class GapHistogram(Collector):
+    """A histogram for per-token observations, collected at scrape time."""
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: tuple[str, ...], buckets: tuple[float, ...]
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = labelnames
+        self.buckets = buckets
+        self._series: dict[tuple[str, ...], GapSeries] = {}
+
+    def labels(self, *values: str) -> GapSeries:
+        found = self._series.get(values)
+        if found is None:
+            if len(values) != len(self.labelnames):
+                raise ValueError(f"{self.name} takes labels {self.labelnames}, got {values}")
+            found = self._series[values] = GapSeries(self.buckets)
+        return found
+
+    def describe(self) -> list[Metric]:
+        return [HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)]
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        bounds = [floatToGoString(b) for b in self.buckets] + ["+Inf"]  # type: ignore[no-untyped-call]
+        for values, series in list(self._series.items()):
+            cumulative, total = [], 0
+            for bound, count in zip(bounds, series.counts, strict=True):
+                total += count
+                cumulative.append((bound, total))
+            family.add_metric(list(values), cumulative, series.sum)
+        yield family
 
 
 class GatewayMetrics:
@@ -24,34 +106,61 @@ class GatewayMetrics:
         r = self.registry
         self.requests = Counter(
             "hearth_requests",
-            "Inference requests answered, by outcome status.",
-            ["endpoint", "model", "upstream", "status"],
+            "Inference requests answered, by outcome status (cluster and upstream are empty when no "
+            "upstream could answer).",
+            ["endpoint", "model", "cluster", "upstream", "status"],
             registry=r,
         )
         self.latency = Histogram(
             "hearth_request_duration_seconds",
-            "Time from request to last byte.",
-            ["endpoint", "model", "upstream"],
+            "Time from request to last byte, for requests an upstream answered.",
+            ["endpoint", "model", "cluster"],
             buckets=_LATENCY,
             registry=r,
         )
         self.ttft = Histogram(
             "hearth_time_to_first_token_seconds",
-            "Time from request to first streamed event.",
-            ["model", "upstream"],
+            "Time from request to the first streamed event (streams only).",
+            ["model", "cluster"],
             buckets=_LATENCY,
             registry=r,
         )
+        self.inter_token = GapHistogram(
+            "hearth_inter_token_latency_seconds",
+            "Time between two consecutive streamed events that carry generated text, one observation "
+            "per gap, as the gateway receives them (like vllm:time_per_output_token_seconds).",
+            ("model", "cluster"),
+            _INTER_TOKEN,
+        )
+        r.register(self.inter_token)
         self.tokens = Counter(
             "hearth_tokens",
             "Tokens processed, by kind (prompt or completion).",
-            ["model", "upstream", "kind"],
+            ["model", "cluster", "kind"],
             registry=r,
         )
         self.in_flight = Gauge(
             "hearth_requests_in_flight",
             "Requests being relayed now (read from the router at scrape time).",
             ["model", "upstream"],
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "hearth_queue_depth",
+            "Requests this gateway has sent to the model's workers on the cluster and that have not "
+            "had a first byte back yet: a stream until its first event, a non-streaming request until "
+            "its answer (engines send nothing before). Waiting in the engine's queue, in prefill, and "
+            "(non-streaming) generating. Read at scrape time.",
+            ["model", "cluster"],
+            registry=r,
+        )
+        self.workers = Gauge(
+            "hearth_workers",
+            "Workers of a model on a cluster by state, as GET /v1/status reports them: hot counts the "
+            "upstreams taking requests, starting the engines loading, queued the worker jobs waiting "
+            "in the scheduler; cold (can be started) and offline (nothing can serve it) are 1 for the "
+            "model and cluster in that state. Read at scrape time.",
+            ["model", "cluster", "state"],
             registry=r,
         )
         self.upstream_failures = Counter(
@@ -72,6 +181,13 @@ class GatewayMetrics:
             "1 while Redis cannot be reached and the limiter runs in its failure mode.",
             registry=r,
         )
+        self.auth_decisions = Counter(
+            "hearth_auth_decisions",
+            "Credentials checked (cache misses only), by method (static_key, api_key, globus) and "
+            "outcome (allow, deny, unavailable: the store or Globus could not be asked).",
+            ["method", "outcome"],
+            registry=r,
+        )
         self.usage_dropped = Gauge(
             "hearth_usage_records_dropped",
             "Usage records dropped because the queue was full.",
@@ -90,6 +206,40 @@ class GatewayMetrics:
         if found is None:
             found = self._children[key] = metric.labels(*labels)
         return found  # type: ignore[return-value]
+
+    def set_present(
+        self,
+        *,
+        in_flight: Mapping[tuple[str, str], int],
+        awaiting_first_byte: Mapping[tuple[str, str], int],
+        model_status: Iterable[Mapping[str, Any]],
+        usage_pending: int,
+        usage_dropped: int,
+    ) -> None:
+        """Set the gauges that describe now, before a scrape.
+
+        `in_flight` is by (model, upstream), `awaiting_first_byte` by (model, cluster), and
+        `model_status` is `gateway.routing.status.model_status` (every model, every cluster).
+        Series of models and clusters that are gone are dropped.
+        """
+        self.usage_pending.set(usage_pending)
+        self.usage_dropped.set(usage_dropped)
+        for (model, upstream), n in in_flight.items():
+            self.in_flight.labels(model, upstream).set(n)
+        self.workers.clear()
+        self.queue_depth.clear()
+        depth = dict(awaiting_first_byte)
+        for entry in model_status:
+            model = entry["model"]
+            for c in entry["clusters"]:
+                cluster, state = c["cluster"], c["state"]
+                counts = {"hot": c["ready"], "starting": c["starting"], "queued": c["queued"]}
+                for s in WORKER_STATES:
+                    value = counts[s] if s in counts else int(state == s)
+                    self.workers.labels(model, cluster, s).set(value)
+                depth.setdefault((model, cluster), 0)
+        for (model, cluster), n in depth.items():
+            self.queue_depth.labels(model, cluster).set(n)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -5,7 +5,9 @@
 - the arrival time, for latency and TTFT;
 - the body size limit: 413 (OpenAI error body) for a body over ``max_body_bytes``, whether
   declared by Content-Length or discovered while reading a chunked body;
-- one JSON access-log line per request (method, path, status, duration; never headers).
+- one JSON access-log line per request (method, path, status, duration; never headers);
+- with tracing on (`gateway.tracing`), the server span of each inference request (the routes
+  the fast lane serves), current for the request's task so the upstream attempts nest in it.
 
 It sits outside FastAPI's own middleware stack (see `gateway.app.HearthApp`), so that the
 fast lane (`gateway.api.fastlane`) skips the framework entirely.
@@ -36,13 +38,16 @@ class RequestContextMiddleware:
         app: ASGIApp,
         *,
         max_body_bytes: int,
+        path_limits: dict[str, int] | None = None,
         log_requests: bool = True,
         fast_lane: FastLane | None = None,
     ) -> None:
         self.app = app
         self.fast_lane = fast_lane
         self.max_body = max_body_bytes
+        self.path_limits = dict(path_limits or {})  # larger limits for some paths (file uploads)
         self.access_log = AccessLog() if log_requests else None
+        self.tracing = fast_lane.services.tracing if fast_lane is not None else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -72,13 +77,21 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            if length is not None and (not length.isdigit() or int(length) > self.max_body):
-                await _send_error(send_with_id, self._too_large())
+            limit = self.path_limits.get(scope["path"], self.max_body) if self.path_limits else self.max_body
+            if length is not None and (not length.isdigit() or int(length) > limit):
+                await _send_error(send_with_id, self._too_large(limit))
                 return
             app = self.fast_lane if self.fast_lane is not None and self.fast_lane.handles(scope) else self.app
             # A stream's events from a site (POST /internal/streams/…) last as long as the stream.
             unlimited = length is not None or scope["path"].startswith("/internal/streams/")
-            await app(scope, receive if unlimited else self._limited(receive), send_with_id)
+            traced = None
+            if self.tracing is not None and app is self.fast_lane:
+                traced = self.tracing.server_span(scope, request_id)
+            try:
+                await app(scope, receive if unlimited else self._limited(receive, limit), send_with_id)
+            finally:
+                if traced is not None:
+                    traced.end(status)
         finally:
             if self.access_log is not None:
                 self.access_log.write(
@@ -91,10 +104,10 @@ class RequestContextMiddleware:
                     },
                 )
 
-    def _too_large(self) -> RequestTooLarge:
-        return RequestTooLarge(f"The request body is larger than the limit of {self.max_body} bytes.")
+    def _too_large(self, limit: int) -> RequestTooLarge:
+        return RequestTooLarge(f"The request body is larger than the limit of {limit} bytes.")
 
-    def _limited(self, receive: Receive) -> Receive:
+    def _limited(self, receive: Receive, limit: int) -> Receive:
         """A receive that raises 413 once a chunked body passes the limit."""
         seen = 0
 
@@ -103,8 +116,8 @@ class RequestContextMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_body:
-                    raise self._too_large()
+                if seen > limit:
+                    raise self._too_large(limit)
             return message
 
         return limited

@@ -6,7 +6,9 @@ gateway can be load-tested, and its failure paths exercised, on a CPU. Nothing i
 is real: the text is a fixed cycle of words saying it is simulated, token counts are word
 counts, embeddings are hashes. Timing is the only thing modelled: a request waits in a FIFO
 for one of `max_concurrency` slots (vLLM's `max_num_seqs`), then takes `ttft_ms` before its
-first token and `itl_ms` between tokens. `/metrics` carries vLLM's metric names.
+first token and `itl_ms` between tokens. `/metrics` carries vLLM's metric names;
+`/debug/traces` lists the W3C `traceparent` headers it received (where vLLM would continue
+the trace in its own spans).
 
 This module is the server: its config, routes, timing, and CLI. The request and response
 shapes are in `endpoints.engines.sim_protocol`, the slots and metrics in
@@ -115,7 +117,10 @@ async def _v1_middleware(request: web.Request, handler: Handler) -> web.StreamRe
     if request.path.startswith("/v1"):
         config = request.app[SIM_CONFIG]
         if request.method == "POST":
-            request.app[SIM_STATE].requests_total += 1
+            state = request.app[SIM_STATE]
+            state.requests_total += 1
+            if (traceparent := request.headers.get("traceparent")) is not None:
+                state.traceparents.append(traceparent)
         if config.api_key is not None and request.method != "OPTIONS":
             given = request.headers.get("Authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {config.api_key}".encode()):
@@ -237,6 +242,11 @@ async def _metrics(request: web.Request) -> web.Response:
     return web.Response(body=text.encode(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
+async def _traces(request: web.Request) -> web.Response:
+    """The `traceparent` headers of the latest requests that carried one, oldest first."""
+    return _json({"traceparents": list(request.app[SIM_STATE].traceparents)})
+
+
 async def _models(request: web.Request) -> web.Response:
     config, state = request.app[SIM_CONFIG], request.app[SIM_STATE]
     return _json(model_list(config.model, state.started, config.max_model_len))
@@ -291,6 +301,7 @@ def create_sim_app(config: SimConfig) -> web.Application:
     app.on_response_prepare.append(_add_request_id)
     app.router.add_get("/health", _health)
     app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/debug/traces", _traces)
     app.router.add_get("/v1/models", _models)
     app.router.add_post("/v1/chat/completions", _chat_completions)
     app.router.add_post("/v1/completions", _completions)

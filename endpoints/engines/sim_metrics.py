@@ -79,6 +79,9 @@ class SimState:
         self.prompt_tokens = 0
         self.generation_tokens = 0
         self.success_by_reason: dict[str, int] = {"length": 0}
+        # The W3C `traceparent` headers of the last POSTs that carried one (GET /debug/traces),
+        # so tests can check that a relay passed the trace context on.
+        self.traceparents: deque[str] = deque(maxlen=1000)
         self._label = f'model_name="{_escape(model)}"'
 
     def record_success(self, finish_reason: str) -> None:

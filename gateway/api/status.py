@@ -44,9 +44,13 @@ async def status(principal: CurrentPrincipal, services: ServicesDep) -> Response
 
 @router.get("/metrics")
 async def metrics(services: ServicesDep) -> Response:
+    """Prometheus text format; the gauges of the present are read now (docs/admin/gateway.md)."""
     m = services.metrics
-    m.usage_pending.set(services.usage.pending)
-    m.usage_dropped.set(services.usage.dropped)
-    for (model, upstream), n in services.router.in_flight_by_deployment().items():
-        m.in_flight.labels(model, upstream).set(n)
+    m.set_present(
+        in_flight=services.router.in_flight_by_deployment(),
+        awaiting_first_byte=services.dispatcher.awaiting_first_byte(),
+        model_status=model_status(services.catalogue, services.router, services.sites),
+        usage_pending=services.usage.pending,
+        usage_dropped=services.usage.dropped,
+    )
     return Response(m.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -30,6 +30,7 @@ from gateway.auth.policy import AccessPolicy
 from gateway.auth.principal import Principal
 from gateway.auth.tokens import TokenVerifier
 from gateway.errors import AuthenticationFailed, HearthError, PermissionDenied
+from gateway.metrics import GatewayMetrics
 from gateway.store.audit import AuditLog
 from gateway.store.keys import KeyStore, VerifiedKey
 
@@ -51,6 +52,7 @@ class Authenticator:
         owners: OwnerGroups | None = None,
         policy: AccessPolicy | None = None,
         audit: AuditLog | None = None,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         """`static_keys` maps the SHA-256 hex digest of each configured key to its principal.
 
@@ -65,6 +67,7 @@ class Authenticator:
         self._owners = owners
         self._policy = policy
         self._audit = audit
+        self._metrics = metrics
         self._cache: dict[bytes, tuple[Principal | HearthError, float]] = {}
 
     @property
@@ -102,18 +105,35 @@ class Authenticator:
                 del self._cache[digest]
 
     async def _verify(self, credential: str, digest: bytes) -> tuple[Principal | HearthError, float]:
-        """The principal (or the refusal) and how long that answer may be cached."""
+        """The principal (or the refusal) and how long that answer may be cached; each decision
+        is counted in hearth_auth_decisions_total by method and outcome."""
         match = None
         for known, principal in self._static:
             if hmac.compare_digest(known, digest):  # constant time; keep looping regardless
                 match = principal
         if match is not None:
+            self._count("static_key", "allow")
             return match, self._ttl
         if parse_key(credential) is not None:
-            return await self._verify_key(credential)
-        if self._tokens is not None:
-            return await self._tokens.verify(credential, digest.hex())
-        return _BAD_KEY, self._negative_ttl
+            method = "api_key"
+            verify = self._verify_key(credential)
+        elif self._tokens is not None:
+            method = "globus"
+            verify = self._tokens.verify(credential, digest.hex())
+        else:  # neither a configured key nor a stored one, and no Globus Auth to ask
+            self._count("static_key", "deny")
+            return _BAD_KEY, self._negative_ttl
+        try:
+            result, ttl = await verify
+        except Exception:  # the store or Globus could not be asked: no decision
+            self._count(method, "unavailable")
+            raise
+        self._count(method, "deny" if isinstance(result, HearthError) else "allow")
+        return result, ttl
+
+    def _count(self, method: str, outcome: str) -> None:
+        if self._metrics is not None:
+            self._metrics.child(self._metrics.auth_decisions, method, outcome).inc()
 
     async def _verify_key(self, credential: str) -> tuple[Principal | HearthError, float]:
         if self._keys is None:

@@ -16,6 +16,7 @@ from gateway.auth.principal import Principal
 from gateway.auth.seal import Sealer
 from gateway.auth.tokens import TokenVerifier
 from gateway.config import GlobusSettings, Settings
+from gateway.metrics import GatewayMetrics
 from gateway.store.audit import AuditLog
 from gateway.store.keys import KeyStore
 
@@ -37,7 +38,11 @@ class GlobusAuth:
 
 
 def build_auth(
-    settings: Settings, keys: KeyStore, redis: aioredis.Redis | None, audit: AuditLog
+    settings: Settings,
+    keys: KeyStore,
+    redis: aioredis.Redis | None,
+    audit: AuditLog,
+    metrics: GatewayMetrics | None = None,
 ) -> tuple[Authenticator, GlobusAuth | None]:
     a = settings.auth
     globus: GlobusAuth | None = None
@@ -73,6 +78,7 @@ def build_auth(
         owners=globus.owners if globus else None,
         policy=globus.policy if globus else None,
         audit=audit,
+        metrics=metrics,
     )
     return authenticator, globus
 

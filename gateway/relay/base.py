@@ -30,6 +30,9 @@ class UpstreamCall:
     path: str  # below /v1, e.g. "chat/completions"
     body: bytes
     request_id: str
+    # The W3C trace context of the attempt (`gateway.tracing`), for the worker; None when off.
+    traceparent: str | None = None
+    tracestate: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

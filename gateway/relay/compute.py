@@ -155,6 +155,7 @@ class ComputeRelay(Relay):
             "version": FUNCTIONS_VERSION, "worker": _worker(upstream), "path": call.path, "body": call.body,
             "request_id": call.request_id, "timeout_s": self.request_timeout_s,
         }  # fmt: skip
+        _add_trace_context(req, call)
         result = await self._call(upstream, "infer", req, self.request_timeout_s + _TASK_MARGIN_S)
         _raise_failure(upstream, result)
         return _reply(upstream, result)
@@ -168,6 +169,7 @@ class ComputeRelay(Relay):
             "callback_url": f"{self.callback_base_url}/internal/streams/{stream_id}",
             "callback_token": token, "idle_timeout_s": self.stream_idle_timeout_s,
         }  # fmt: skip
+        _add_trace_context(req, call)
         task = asyncio.ensure_future(
             self._call(upstream, "infer_stream", req, self.request_timeout_s + _TASK_MARGIN_S)
         )
@@ -280,6 +282,14 @@ def _log_task_error(task: asyncio.Future[dict[str, Any]]) -> None:
 
 def _worker(upstream: Upstream) -> Worker:
     return {"base_url": upstream.base_url, "api_key": upstream.api_key}
+
+
+def _add_trace_context(req: InferRequest, call: UpstreamCall) -> None:
+    """The attempt's trace context, which the site function sends on to the engine."""
+    if call.traceparent is not None:
+        req["traceparent"] = call.traceparent
+        if call.tracestate:
+            req["tracestate"] = call.tracestate
 
 
 def _check_size(call: UpstreamCall) -> None:

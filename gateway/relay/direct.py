@@ -56,12 +56,17 @@ class DirectRelay(Relay):
 
     @staticmethod
     def _headers(upstream: Upstream, call: UpstreamCall, accept: str) -> dict[str, str]:
-        return {
+        headers = {
             "Content-Type": _JSON,
             "Accept": accept,
             "X-Request-ID": upstream_request_id(call.request_id),
             **_auth(upstream),
         }
+        if call.traceparent is not None:  # tracing is on: the worker continues the trace
+            headers["traceparent"] = call.traceparent
+            if call.tracestate:
+                headers["tracestate"] = call.tracestate
+        return headers
 
     async def send(self, upstream: Upstream, call: UpstreamCall) -> UpstreamReply:
         origin, target = self._target(upstream, call.path)

@@ -4,7 +4,8 @@ It asks the router for deployments in order, tries them through the relay, moves
 connect error, timeout or 5xx, and returns the first answer. For streams, an attempt counts as
 answered once the first event has arrived; after that, trouble ends the stream with an error
 event (see `gateway.relay.stream`). Every request, answered or not, becomes one usage record
-and one set of metric observations.
+and one set of metric observations. With tracing on (`gateway.tracing`), each attempt is a
+span whose trace context goes to the worker with the request.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -45,6 +46,10 @@ from gateway.relay.stream import ClientStream, StreamOutcome
 from gateway.routing.catalogue import Deployment
 from gateway.routing.router import Router
 from gateway.store.usage import UsageRecord, UsageRecorder
+from gateway.tracing import Tracing
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +75,7 @@ class Dispatcher:
         *,
         max_attempts: int = 3,
         limiter: Limiter | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.router = router
         self.relay = relay
@@ -77,27 +83,44 @@ class Dispatcher:
         self.usage = usage
         self.max_attempts = max_attempts
         self.limiter = limiter
+        self.tracing = tracing
+        # Attempts sent and not answered yet (no first byte), by (model, cluster): the gateway's
+        # view of the engines' queues, read by GET /metrics as hearth_queue_depth.
+        self._awaiting: dict[tuple[str, str], int] = {}
+
+    def awaiting_first_byte(self) -> dict[tuple[str, str], int]:
+        """Requests sent to a worker that has not answered yet, by (model, cluster)."""
+        return dict(self._awaiting)
 
     async def unary(self, ctx: CallContext, payload: dict[str, Any]) -> UpstreamReply:
         """Relay a non-streaming request; 4xx answers from the worker are passed through."""
         model = str(payload["model"])
         last: RelayError | None = None
-        for dep in self._candidates(ctx, model):
+        for attempt, dep in enumerate(self._candidates(ctx, model), 1):
             call = UpstreamCall(ctx.path, _encode(payload, dep), ctx.request_id)
+            span = None
+            if self.tracing is not None:
+                span, call = self._traced(ctx, dep, attempt, call)
             with self._in_flight(dep):
                 try:
                     reply = await self.relay.send(dep.upstream, call)
                 except RelayError as exc:
-                    self._attempt_failed(dep, exc)
+                    self._attempt_failed(dep, exc, span)
                     last = exc
                     continue
                 except asyncio.CancelledError:  # the client went away; the worker is told by
                     self._finish(ctx, dep, 499, 0, 0, None, stream=False)  # the closed socket
+                    _abandoned(span, None)
+                    raise
+                except BaseException as exc:
+                    _abandoned(span, exc)
                     raise
             self.router.succeeded(dep)
             body = _rename(reply.body, dep)
             prompt, completion = _usage_of(body) if reply.status == 200 else (0, 0)
             self._finish(ctx, dep, reply.status, prompt, completion, None, stream=False)
+            if span is not None:
+                Tracing.end_attempt(span, reply.status, prompt_tokens=prompt, completion_tokens=completion)
             return UpstreamReply(reply.status, body, reply.content_type)
         raise self._exhausted(ctx, model, last, stream=False)
 
@@ -108,15 +131,21 @@ class Dispatcher:
         wants_usage = bool(options.get("include_usage"))
         upstream_payload = {**payload, "stream_options": {**options, "include_usage": True}}
         last: RelayError | None = None
-        for dep in self._candidates(ctx, model):
+        for attempt, dep in enumerate(self._candidates(ctx, model), 1):
             call = UpstreamCall(ctx.path, _encode(upstream_payload, dep), ctx.request_id)
+            span = None
+            if self.tracing is not None:
+                span, call = self._traced(ctx, dep, attempt, call)
             self.router.begin(dep)
+            waiting = self._awaiting_begin(dep)
             opened: EventStream | UpstreamReply | None = None
             try:
                 opened = await self.relay.open_stream(dep.upstream, call)
                 if isinstance(opened, UpstreamReply):
                     self._finish(ctx, dep, opened.status, 0, 0, None, stream=True)
                     self._end(dep)
+                    if span is not None:
+                        Tracing.end_attempt(span, opened.status)
                     return opened
                 events = aiter(opened)
                 first = await anext(events, None)
@@ -126,17 +155,20 @@ class Dispatcher:
                 if isinstance(opened, EventStream):
                     await opened.aclose()
                 self._end(dep)
-                self._attempt_failed(dep, exc)
+                self._attempt_failed(dep, exc, span)
                 last = exc
                 continue
-            except BaseException:
+            except BaseException as exc:
                 if isinstance(opened, EventStream):
                     await opened.aclose()
                 self._end(dep)
+                _abandoned(span, None if isinstance(exc, asyncio.CancelledError) else exc)
                 raise
+            finally:
+                self._awaiting[waiting] -= 1
             self.router.succeeded(dep)
 
-            def closed(outcome: StreamOutcome, dep: Deployment = dep) -> None:
+            def closed(outcome: StreamOutcome, dep: Deployment = dep, span: Span | None = span) -> None:
                 self._end(dep)
                 self._finish(
                     ctx,
@@ -147,6 +179,13 @@ class Dispatcher:
                     outcome.ttft_s,
                     stream=True,
                 )
+                if span is not None:
+                    Tracing.end_attempt(
+                        span,
+                        outcome.status,
+                        prompt_tokens=outcome.prompt_tokens,
+                        completion_tokens=outcome.completion_tokens,
+                    )
 
             return ClientStream(
                 opened,
@@ -156,8 +195,33 @@ class Dispatcher:
                 client_wants_usage=wants_usage,
                 renames=_renames(dep),
                 on_close=closed,
+                inter_token=self.metrics.inter_token.labels(dep.model, dep.upstream.cluster),
             )
         raise self._exhausted(ctx, model, last, stream=True)
+
+    def _traced(
+        self, ctx: CallContext, dep: Deployment, attempt: int, call: UpstreamCall
+    ) -> tuple[Span, UpstreamCall]:
+        """The span of one attempt (beneath the request's), and the call carrying its context."""
+        assert self.tracing is not None
+        span, traceparent, tracestate = self.tracing.attempt_span(
+            f"upstream {ctx.endpoint}",
+            {
+                "hearth.model": dep.model,
+                "hearth.cluster": dep.upstream.cluster,
+                "hearth.upstream": dep.upstream.name,
+                "hearth.attempt": attempt,
+                "hearth.request_id": ctx.request_id,
+                "gen_ai.request.model": dep.upstream_model,
+            },
+        )
+        call = UpstreamCall(call.path, call.body, call.request_id, traceparent, tracestate)
+        return span, call
+
+    def _awaiting_begin(self, dep: Deployment) -> tuple[str, str]:
+        key = (dep.model, dep.upstream.cluster)
+        self._awaiting[key] = self._awaiting.get(key, 0) + 1
+        return key
 
     def _candidates(self, ctx: CallContext, model: str) -> list[Deployment]:
         deployments = self.router.candidates(model)  # ModelNotFound first: 404 before 403
@@ -186,7 +250,11 @@ class Dispatcher:
     def _end(self, dep: Deployment) -> None:
         self.router.end(dep)
 
-    def _attempt_failed(self, dep: Deployment, exc: RelayError) -> None:
+    def _attempt_failed(self, dep: Deployment, exc: RelayError, span: Span | None) -> None:
+        if span is not None:
+            Tracing.end_attempt(
+                span, exc.status if isinstance(exc, BadResponse) else None, failure=(exc.reason, exc.detail)
+            )
         log.warning(
             "upstream attempt failed",
             extra={
@@ -229,7 +297,7 @@ class Dispatcher:
                 error = UpstreamError(f"{worker} failed (HTTP {status}).")
             else:
                 error = UpstreamError(f"{worker} sent a broken response.")
-        self.metrics.child(self.metrics.requests, ctx.endpoint, model, "", str(error.status)).inc()
+        self.metrics.child(self.metrics.requests, ctx.endpoint, model, "", "", str(error.status)).inc()
         self._record(ctx, model, "", "", error.status, 0, 0, None, stream=stream)
         return error
 
@@ -245,18 +313,16 @@ class Dispatcher:
         stream: bool,
     ) -> None:
         m = self.metrics
-        up = dep.upstream.name
-        m.child(m.requests, ctx.endpoint, dep.model, up, str(status)).inc()
-        m.child(m.latency, ctx.endpoint, dep.model, up).observe(time.perf_counter() - ctx.started)
+        up, cluster = dep.upstream.name, dep.upstream.cluster
+        m.child(m.requests, ctx.endpoint, dep.model, cluster, up, str(status)).inc()
+        m.child(m.latency, ctx.endpoint, dep.model, cluster).observe(time.perf_counter() - ctx.started)
         if ttft_s is not None:
-            m.child(m.ttft, dep.model, up).observe(ttft_s)
+            m.child(m.ttft, dep.model, cluster).observe(ttft_s)
         if prompt:
-            m.child(m.tokens, dep.model, up, "prompt").inc(prompt)
+            m.child(m.tokens, dep.model, cluster, "prompt").inc(prompt)
         if completion:
-            m.child(m.tokens, dep.model, up, "completion").inc(completion)
-        self._record(
-            ctx, dep.model, dep.upstream.cluster, up, status, prompt, completion, ttft_s, stream=stream
-        )
+            m.child(m.tokens, dep.model, cluster, "completion").inc(completion)
+        self._record(ctx, dep.model, cluster, up, status, prompt, completion, ttft_s, stream=stream)
 
     def _record(
         self,
@@ -295,8 +361,17 @@ class Dispatcher:
         )
 
 
+def _abandoned(span: Span | None, error: BaseException | None) -> None:
+    """End the span of an attempt cut short by the client leaving (None: 499) or an error."""
+    if span is not None:
+        Tracing.end_attempt(span, 499 if error is None else None, error=error)
+
+
 class _InFlight:
-    __slots__ = ("_d", "_dep")
+    """A non-streaming attempt: in flight at the router, and awaiting its answer (the engine
+    sends nothing before the whole of it)."""
+
+    __slots__ = ("_d", "_dep", "_key")
 
     def __init__(self, dispatcher: Dispatcher, dep: Deployment) -> None:
         self._d = dispatcher
@@ -304,8 +379,10 @@ class _InFlight:
 
     def __enter__(self) -> None:
         self._d.router.begin(self._dep)
+        self._key = self._d._awaiting_begin(self._dep)
 
     def __exit__(self, *exc: object) -> None:
+        self._d._awaiting[self._key] -= 1
         self._d._end(self._dep)
 
 

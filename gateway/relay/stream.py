@@ -1,11 +1,12 @@
 """The streaming bridge: upstream SSE events to the client, with usage accounting.
 
-`ClientStream` forwards each event as soon as it arrives, notes time to first token, takes the
-usage chunk (always requested upstream) and drops it when the client did not ask for usage,
-turns a failure after the first byte into an OpenAI error event, and always ends with
-``data: [DONE]``. `aclose()` (the client went away, or the stream ended) closes the upstream
-connection, which makes the engine abort the request, and reports the outcome exactly once,
-whether or not iteration ever started.
+`ClientStream` forwards each event as soon as it arrives, notes time to first token and the
+gaps between events that carry text (inter-token latency), takes the usage chunk (always
+requested upstream) and drops it when the client did not ask for usage, turns a failure after
+the first byte into an OpenAI error event, and always ends with ``data: [DONE]``. `aclose()`
+(the client went away, or the stream ended) closes the upstream connection, which makes the
+engine abort the request, and reports the outcome exactly once, whether or not iteration ever
+started.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from dataclasses import dataclass
 import orjson
 
 from gateway.errors import UpstreamError
+from gateway.metrics import GapSeries
 from gateway.relay.base import EventStream, RelayError, StreamBroken
 
 DONE = b"data: [DONE]\n\n"
+_GAP_BATCH = 256  # text events whose times are kept before their gaps are binned
 
 
 @dataclass(slots=True)
@@ -78,6 +81,7 @@ class ClientStream:
         client_wants_usage: bool,
         renames: tuple[tuple[bytes, bytes], ...],
         on_close: Callable[[StreamOutcome], None],
+        inter_token: GapSeries | None = None,
     ) -> None:
         self._stream = stream
         self._events = events
@@ -86,6 +90,10 @@ class ClientStream:
         self._wants_usage = client_wants_usage
         self._renames = renames
         self._on_close = on_close
+        self._inter_token = inter_token
+        # perf_counter() of the events that carried text, turned into gaps in batches: binning
+        # a batch costs a fraction of binning each gap as it comes (this runs once per token).
+        self._text_times: list[float] = []
         self._closed = False
         self.outcome = StreamOutcome()
 
@@ -128,6 +136,10 @@ class ClientStream:
         usage = usage_of_chunk(data)
         if usage is None:
             if _carries_text(data):
+                times = self._text_times
+                times.append(time.perf_counter())
+                if len(times) > _GAP_BATCH:
+                    self._observe_gaps()
                 out.content_events += 1
             return True
         out.usage_reported = True
@@ -135,10 +147,18 @@ class ClientStream:
         out.completion_tokens = int(usage.get("completion_tokens") or 0)
         return self._wants_usage or b'"choices":[]' not in data.replace(b" ", b"")
 
+    def _observe_gaps(self) -> None:
+        """Put the gaps between the text events so far into the histogram, keeping the last."""
+        times = self._text_times
+        if self._inter_token is not None and len(times) > 1:
+            self._inter_token.observe_gaps(times)
+        del times[:-1]
+
     async def aclose(self) -> None:
         if self._closed:
             return
         self._closed = True
+        self._observe_gaps()
         out = self.outcome
         if not out.usage_reported:
             # The engine sent no usage (llama.cpp's server never does in streams): count the

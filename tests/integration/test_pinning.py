@@ -27,7 +27,9 @@ def gw(logs: Path, sim: Sim, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 def served_by(gw: Gateway, cluster: str) -> float:
     text = httpx.get(f"{gw.root}/metrics").text
-    labels = f'endpoint="completions",model="sim-model",status="200",upstream="{cluster}/s"'
+    labels = (
+        f'cluster="{cluster}",endpoint="completions",model="sim-model",status="200",upstream="{cluster}/s"'
+    )
     pattern = rf"^hearth_requests_total{{{labels}}} (\S+)$"
     m = re.search(pattern, text, re.M)
     return float(m.group(1)) if m else 0.0
