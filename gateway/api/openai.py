@@ -83,6 +83,8 @@ async def generate(
     validate(schema, payload)
     state = request.scope["state"]
     cluster = pinned_cluster(payload, request.headers.get("x-hearth-cluster"))
+    if principal.groups:
+        services.rollups.note_groups(principal)
     limiter = services.limiter
     reservation = None
     if limiter.enabled:
