@@ -26,7 +26,8 @@ from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
-from endpoints.batch import BatchError, BatchJobs
+from endpoints.batch import BatchError
+from endpoints.batch_functions import BATCH_FUNCTIONS
 from endpoints.protocol import (
     FUNCTIONS_VERSION,
     MAX_PAYLOAD_BYTES,
@@ -50,8 +51,6 @@ from endpoints.workers import WorkerError, Workers
 
 __all__ = [
     "SITE_FUNCTIONS",
-    "batch_status",
-    "batch_submit",
     "infer",
     "infer_stream",
     "list_models",
@@ -89,8 +88,20 @@ def _auth(worker: Worker) -> dict[str, str]:
     return {"Authorization": f"Bearer {worker['api_key']}"} if worker["api_key"] else {}
 
 
-def _headers(worker: Worker, request_id: str, accept: str) -> dict[str, str]:
-    return {"Content-Type": "application/json", "Accept": accept, "X-Request-ID": request_id, **_auth(worker)}
+def _headers(req: InferRequest, accept: str) -> dict[str, str]:
+    """Headers of the request to the engine: the request id, the worker's key, and the trace
+    context when the gateway traces (vLLM continues a `traceparent` in its own spans)."""
+    headers = {
+        "Content-Type": "application/json",
+        "Accept": accept,
+        "X-Request-ID": req["request_id"],
+        **_auth(req["worker"]),
+    }
+    if traceparent := req.get("traceparent"):
+        headers["traceparent"] = traceparent
+        if tracestate := req.get("tracestate"):
+            headers["tracestate"] = tracestate
+    return headers
 
 
 def _version_failure() -> Failure:
@@ -108,7 +119,7 @@ def infer(req: InferRequest) -> InferResult:
             "POST",
             f"{prefix}/{req['path']}",
             req["body"],
-            _headers(worker, req["request_id"], "application/json"),
+            _headers(req, "application/json"),
         )
         resp = conn.getresponse()
         body = resp.read()
@@ -143,7 +154,7 @@ def infer_stream(req: InferStreamRequest) -> StreamResult:
     done = False
     try:
         conn, prefix = _open(worker["base_url"], req["timeout_s"])
-        headers = _headers(worker, req["request_id"], "text/event-stream")
+        headers = _headers(req, "text/event-stream")
         conn.request("POST", f"{prefix}/{req['path']}", req["body"], headers)
         resp = conn.getresponse()
         content_type = resp.getheader("Content-Type", "").split(";", 1)[0].strip()
@@ -297,29 +308,6 @@ async def _stop(site: SiteConfig, req: SiteRequest) -> SiteResult:
     return {"version": FUNCTIONS_VERSION, "cluster": site.cluster, "worker": view.to_wire()}
 
 
-def batch_submit(req: SiteRequest) -> SiteResult:
-    """Submit an offline batch job (slurm/batch.sbatch.j2): `batch_id`, `command`,
-    `input_path`, `output_path`, and optional `resources` (walltime, cpus, gpus, nodes, mem)."""
-    return _site(req, _batch_submit)
-
-
-def batch_status(req: SiteRequest) -> SiteResult:
-    """A batch job's state (its script's status.json, else Slurm's), exit status, restarts."""
-    return _site(req, _batch_status)
-
-
-async def _batch_submit(site: SiteConfig, req: SiteRequest) -> SiteResult:
-    job = await BatchJobs(site).submit(
-        req["batch_id"], req["command"], req["input_path"], req["output_path"], **req.get("resources", {})
-    )
-    return {"version": FUNCTIONS_VERSION, "cluster": site.cluster, "batch": job.to_wire()}
-
-
-async def _batch_status(site: SiteConfig, req: SiteRequest) -> SiteResult:
-    job = await BatchJobs(site).status(req["batch_id"])
-    return {"version": FUNCTIONS_VERSION, "cluster": site.cluster, "batch": job.to_wire()}
-
-
 def _site(
     req: SiteRequest, work: Callable[[SiteConfig, SiteRequest], Coroutine[Any, Any, SiteResult]]
 ) -> SiteResult:
@@ -341,6 +329,6 @@ SITE_FUNCTIONS: dict[str, Callable[[Any], Any]] = {
     "status": status,
     "start_worker": start_worker,
     "stop_worker": stop_worker,
-    "batch_submit": batch_submit,
-    "batch_status": batch_status,
+    # Offline batch jobs (stage, submit, status, collect, cancel): endpoints/batch_functions.py.
+    **BATCH_FUNCTIONS,
 }

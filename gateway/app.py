@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.api import auth, errors, internal, openai, status
+from gateway.api import auth, batches, errors, files, internal, openai, status, status_page, usage
 from gateway.api.fastlane import FastLane
 from gateway.config import Settings
 from gateway.middleware import RequestContextMiddleware
@@ -37,12 +37,18 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.services = services
     app.include_router(openai.router)
     app.include_router(status.router)
+    app.include_router(status_page.router)
     app.include_router(auth.router)
+    app.include_router(usage.router)
+    app.include_router(files.router)
+    app.include_router(batches.router)
     app.include_router(internal.router)
     errors.install(app)
     app.outer = RequestContextMiddleware(
         app.framework,
         max_body_bytes=settings.server.max_body_bytes,
+        # A multipart upload carries the file plus its form framing.
+        path_limits={"/v1/files": settings.batch.max_file_bytes + 64 * 1024},
         log_requests=settings.server.access_log,
         fast_lane=FastLane(services),
     )

@@ -18,6 +18,8 @@ from rich.markup import escape
 from rich.table import Column, Table
 from rich.text import Text
 
+from gateway.cli_admin import register as register_admin
+from gateway.cli_batch import register as register_batch
 from gateway.cli_login import ConfigDirOpt, keys_create_remote, keys_list_remote, keys_revoke_remote, register
 from gateway.config import ConfigError, Settings, StaticKey, load_settings
 
@@ -483,6 +485,8 @@ def _when(value: datetime | None) -> str:
 
 
 register(app)  # login, whoami, token, logout (gateway/cli_login.py)
+register_admin(app)  # admin usage, audit, limits (gateway/cli_admin.py)
+register_batch(app)  # batch submit, list, status, results, cancel, make (gateway/cli_batch.py)
 
 
 def main() -> None:

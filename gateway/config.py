@@ -42,6 +42,10 @@ class StoreSettings(_Section):
     migrate_on_start: bool = True
     usage_batch_size: int = Field(default=500, ge=1)
     usage_flush_interval_s: float = Field(default=1.0, gt=0)
+    rollup_interval_s: float = Field(default=60.0, gt=0, description="How often usage is summed by hour/day.")
+    usage_retention_days: float = Field(
+        default=90.0, gt=0, description="Raw usage events older than this are deleted once summed."
+    )
     store_prompts: bool = Field(
         default=False, description="Reserved: prompts and completions are never stored by default."
     )
@@ -178,6 +182,46 @@ class LimitsSettings(_Section):
         )
 
 
+class StatusPageSettings(_Section):
+    """The HTML status page at /status: models x clusters, their state and the last hour's traffic."""
+
+    public: bool = Field(
+        default=True,
+        description="Anyone may read it (names, states and aggregate counts only); false: the API's "
+        "Bearer credential is needed and the page shows what that caller may use.",
+    )
+    refresh_s: int = Field(default=15, ge=1, description="How often the page reloads itself, in seconds.")
+    title: str = Field(default="Hearth status", min_length=1, description="The page's heading and title.")
+
+
+class BatchSettings(_Section):
+    """The Files and Batch APIs: storage, limits, and how batches run."""
+
+    files_dir: str = Field(default="var/files", description="Where uploaded and result files are kept.")
+    max_file_bytes: int = Field(default=200 * 1024 * 1024, ge=1024, description="Largest upload.")
+    max_lines: int = Field(default=50_000, ge=1, description="Most requests in one batch input file.")
+    max_active_batches_per_user: int = Field(default=10, ge=1, description="Batches not yet finished.")
+    line_concurrency: int = Field(
+        default=16, ge=1, description="Lines of one batch in flight at once through hot workers."
+    )
+    max_concurrent_lines: int = Field(
+        default=64, ge=1, description="Batch lines in flight at once on one replica, all batches together."
+    )
+    slurm_min_lines: int = Field(
+        default=5000, ge=1, description="Batches this large run as a Slurm batch job where the cluster can."
+    )
+    slurm_poll_interval_s: float = Field(default=10.0, gt=0, description="How often a batch job is checked.")
+    stage_chunk_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1024,
+        le=8 * 1024 * 1024,
+        description="Input staged to a site per Globus Compute task (under its payload limit).",
+    )
+    lease_s: float = Field(
+        default=30.0, gt=0, description="How long a replica's claim on a running batch lasts unrenewed."
+    )
+
+
 class RelaySettings(_Section):
     connect_timeout_s: float = Field(default=5.0, gt=0)
     request_timeout_s: float = Field(default=600.0, gt=0, description="Whole non-streaming request.")
@@ -186,6 +230,28 @@ class RelaySettings(_Section):
     max_attempts: int = Field(default=3, ge=1, description="Upstreams tried before giving up.")
     failure_cooldown_s: float = Field(default=5.0, ge=0)
     discovery_interval_s: float = Field(default=30.0, gt=0)
+
+
+class TracingSettings(_Section):
+    """OpenTelemetry tracing of inference requests (docs/admin/gateway.md#tracing)."""
+
+    enabled: bool = Field(default=False, description="Trace inference requests and pass the context on.")
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP traces URL of a collector, e.g. http://collector:4318/v1/traces.",
+    )
+    service_name: str = Field(default="hearth-gateway", min_length=1, description="Resource service.name.")
+    sample_ratio: float = Field(
+        default=1.0, ge=0, le=1, description="Share of new traces kept; a client's sampled flag is obeyed."
+    )
+    console: bool = Field(default=False, description="Also write each span to the log (for trying it out).")
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL, e.g. http://collector:4318/v1/traces")
+        return v
 
 
 class UpstreamSettings(_Section):
@@ -247,6 +313,9 @@ class ComputeSettings(_Section):
                 )
 
 
+_BATCH_FUNCTIONS = ("batch_stage", "batch_submit", "batch_status", "batch_collect", "batch_cancel")
+
+
 class ClusterSettings(_Section):
     relay: Literal["direct", "compute"] = Field(
         default="direct",
@@ -257,6 +326,29 @@ class ClusterSettings(_Section):
     required_groups: list[str] = Field(
         default_factory=list, description="Only members of any of these Globus groups may use this cluster."
     )
+    batch_jobs: bool = Field(
+        default=False,
+        description="Large batches may run here as Slurm batch jobs (a compute cluster whose site "
+        "has batch set up).",
+    )
+    shared_dir: str | None = Field(
+        default=None,
+        description="A directory the gateway and the site both see; batch input and output go "
+        "through it instead of through Globus Compute tasks.",
+    )
+
+    def model_post_init(self, context: Any, /) -> None:
+        if self.batch_jobs:
+            if self.relay != "compute":
+                raise ValueError(
+                    "batch_jobs needs relay: compute (batch jobs are submitted through the site)"
+                )
+            missing = [f for f in _BATCH_FUNCTIONS if f not in self.compute.function_ids]
+            if self.compute.mode == "cloud" and missing:
+                raise ValueError(
+                    f"batch_jobs in cloud mode needs compute.function_ids for {', '.join(missing)} "
+                    "(see `hearth endpoint register-functions`)"
+                )
 
 
 class ModelSettings(_Section):
@@ -280,7 +372,10 @@ class Settings(BaseSettings):
     redis: RedisSettings = Field(default_factory=RedisSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     relay: RelaySettings = Field(default_factory=RelaySettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    batch: BatchSettings = Field(default_factory=BatchSettings)
+    status_page: StatusPageSettings = Field(default_factory=StatusPageSettings)
     clusters: dict[str, ClusterSettings] = Field(default_factory=dict)
     models: dict[str, ModelSettings] = Field(default_factory=dict)
 
@@ -379,6 +474,7 @@ def describe_errors(exc: ValidationError) -> list[tuple[str, str]]:
 
 __all__ = [
     "AuthSettings",
+    "BatchSettings",
     "ClusterSettings",
     "ConfigError",
     "GlobusSettings",
@@ -391,7 +487,9 @@ __all__ = [
     "ServerSettings",
     "Settings",
     "StaticKey",
+    "StatusPageSettings",
     "StoreSettings",
+    "TracingSettings",
     "UpstreamSettings",
     "load_settings",
 ]

@@ -15,6 +15,8 @@ import redis.asyncio as aioredis
 from endpoints.local import LocalCompute
 from gateway.auth.authenticator import Authenticator
 from gateway.auth.setup import GlobusAuth, build_auth
+from gateway.batch.runner import BatchRunner
+from gateway.batch.setup import build_runner
 from gateway.config import ComputeSettings, Settings
 from gateway.limits.limiter import Limiter
 from gateway.metrics import GatewayMetrics
@@ -29,9 +31,13 @@ from gateway.routing.catalogue import Catalogue, ModelRule, UpstreamSource
 from gateway.routing.router import Router
 from gateway.routing.sites import SiteDirectory
 from gateway.store.audit import AuditLog
+from gateway.store.batches import BatchStore
 from gateway.store.database import Database
+from gateway.store.files import FileStore
 from gateway.store.keys import KeyStore
+from gateway.store.rollups import Rollups
 from gateway.store.usage import UsageRecorder
+from gateway.tracing import Tracing, build_tracing
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +58,13 @@ class Services:
     redis: aioredis.Redis | None
     audit: AuditLog
     limiter: Limiter
+    rollups: Rollups
+    files: FileStore
+    batches: BatchStore
+    batch_runner: BatchRunner
     globus: GlobusAuth | None = None
     sites: list[SiteDirectory] = field(default_factory=list)
+    tracing: Tracing | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -98,12 +109,20 @@ class Services:
         router = Router(catalogue, cooldown_s=r.failure_cooldown_s)
         # A lease outlives the longest request, so a replica that dies frees its slots in time.
         limiter = Limiter(settings.limits, client, metrics, lease_ttl_s=r.request_timeout_s + 60.0)
-        dispatcher = Dispatcher(router, relay, metrics, usage, max_attempts=r.max_attempts, limiter=limiter)
+        tracing = build_tracing(settings.tracing)
+        dispatcher = Dispatcher(
+            router, relay, metrics, usage, max_attempts=r.max_attempts, limiter=limiter, tracing=tracing
+        )
         audit = AuditLog(db, enabled=settings.auth.audit)
-        auth, globus = build_auth(settings, keys, client, audit)
+        st = settings.store
+        rollups = Rollups(db, interval_s=st.rollup_interval_s, retention_days=st.usage_retention_days)
+        auth, globus = build_auth(settings, keys, client, audit, metrics)
+        files = FileStore(db, settings.batch.files_dir)
+        batches = BatchStore(db)
+        batch_runner = build_runner(settings, batches, files, dispatcher, catalogue, relay, directories)
         return cls(
             settings, db, keys, usage, relay, bridge, catalogue, router, dispatcher, auth, metrics, client,
-            audit, limiter, globus, sites=directories,
+            audit, limiter, rollups, files, batches, batch_runner, globus, sites=directories, tracing=tracing,
         )  # fmt: skip
 
     async def start(self) -> None:
@@ -121,6 +140,8 @@ class Services:
                 name="hearth-model-discovery",
             )
         )
+        self._tasks.append(asyncio.create_task(self.rollups.run(), name="hearth-usage-rollups"))
+        self._tasks.append(asyncio.create_task(self.batch_runner.run(), name="hearth-batch-runner"))
         # Everything built so far lives as long as the process: keep it out of the cyclic
         # garbage collector's full passes, which otherwise stall the event loop for tens of ms.
         gc.freeze()
@@ -144,6 +165,8 @@ class Services:
         if self.redis is not None:
             await self.redis.aclose()
         await self.db.close()
+        if self.tracing is not None:  # last: the spans of the requests that finished go out first
+            await asyncio.to_thread(self.tracing.shutdown)
 
     async def redis_ok(self) -> bool:
         if self.redis is None:

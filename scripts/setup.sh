@@ -2,7 +2,7 @@
 # Install Hearth into ./.venv from the hash-pinned lock files (requirements/*.lock).
 #   scripts/setup.sh         the service (runtime dependencies)
 #   scripts/setup.sh --dev   plus the test tools, the llama.cpp engine (built from source:
-#                            about 5 minutes on 2 cores, once), Slurm and munge (Debian)
+#                            about 5 minutes on 2 cores, once), Slurm, munge and Chromium (Debian)
 # Needs Python >= 3.11. Installs the Debian packages it needs when run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,8 +22,9 @@ if ((dev)); then
   command -v cmake >/dev/null || packages+=(cmake)
   command -v g++ >/dev/null || packages+=(g++)
   command -v make >/dev/null || packages+=(make)
-  # The tests start throwaway Slurm clusters (slurm-wlm, munge) and Redis servers, and lint sbatch scripts.
-  for pkg in slurm-wlm munge shellcheck redis-server; do
+  # The tests start throwaway Slurm clusters (slurm-wlm, munge) and Redis servers, lint sbatch scripts,
+  # and load the status page in headless Chromium.
+  for pkg in slurm-wlm munge shellcheck redis-server chromium; do
     [[ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null)" == "install ok installed" ]] || packages+=("$pkg")
   done
 fi

@@ -125,3 +125,15 @@ class SSEResponse(Response):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:
             pass  # the client is gone; the watcher or aclose() cleans up
+
+
+def list_page(items: list[dict[str, Any]], limit: int) -> dict[str, Any]:
+    """An OpenAI cursor page from up to ``limit + 1`` items (one more tells whether there is more)."""
+    data = items[:limit]
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": len(items) > limit,
+    }

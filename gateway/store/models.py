@@ -11,12 +11,25 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Float, Integer, MetaData, String, Text
+from sqlalchemy import BigInteger, Boolean, DateTime, Float, Integer, MetaData, String, Text, UniqueConstraint
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["ApiKey", "AuditEvent", "Base", "UTCDateTime", "UsageEvent", "utcnow"]
+__all__ = [
+    "ApiKey",
+    "AuditEvent",
+    "Base",
+    "Batch",
+    "BatchResult",
+    "RollupState",
+    "StoredFile",
+    "UTCDateTime",
+    "UsageEvent",
+    "UsageRollup",
+    "UserGroup",
+    "utcnow",
+]
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -125,3 +138,109 @@ class AuditEvent(Base):
     target: Mapped[str | None] = mapped_column(String(255))  # the key id, user, model acted on
     detail: Mapped[str | None] = mapped_column(Text())  # a reason, as a person would say it
     request_id: Mapped[str | None] = mapped_column(String(64))
+
+
+class UsageRollup(Base):
+    """Usage summed per hour or UTC day, user, model and cluster (``group_id`` ""), and again
+    per Globus group the user was in (``group_id`` set). Reports read only these."""
+
+    __tablename__ = "usage_rollups"
+    __table_args__ = (UniqueConstraint("period", "period_start", "user", "model", "cluster", "group_id"),)
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    period: Mapped[str] = mapped_column(String(8))  # hour, day
+    period_start: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    user: Mapped[str] = mapped_column(String(255), index=True)
+    model: Mapped[str] = mapped_column(String(255))
+    cluster: Mapped[str] = mapped_column(String(128))
+    group_id: Mapped[str] = mapped_column(String(64))
+    requests: Mapped[int] = mapped_column(BigInteger())
+    errors: Mapped[int] = mapped_column(BigInteger())
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger())
+    completion_tokens: Mapped[int] = mapped_column(BigInteger())
+    latency_ms_sum: Mapped[float] = mapped_column(Float())
+
+
+class RollupState(Base):
+    """How far the rollups have read ``usage_events``: ids up to ``done_id`` are counted;
+    ``seen_id`` was the newest id at the previous run (rolled up at the next one, once every
+    transaction that took a lower id has surely committed)."""
+
+    __tablename__ = "rollup_state"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    done_id: Mapped[int] = mapped_column(BigInteger())
+    seen_id: Mapped[int] = mapped_column(BigInteger())
+
+
+class UserGroup(Base):
+    """The Globus groups (of those the gateway cares about) a user was last seen in."""
+
+    __tablename__ = "user_groups"
+
+    user: Mapped[str] = mapped_column(String(255), primary_key=True)
+    group_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    group_name: Mapped[str] = mapped_column(String(255))
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class StoredFile(Base):
+    """A file of the Files API: its content lives under ``batch.files_dir`` at ``path``."""
+
+    __tablename__ = "files"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # file-<hex>
+    owner: Mapped[str] = mapped_column(String(255), index=True)
+    purpose: Mapped[str] = mapped_column(String(32))  # batch, batch_output
+    filename: Mapped[str] = mapped_column(String(255))
+    bytes: Mapped[int] = mapped_column(BigInteger())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    path: Mapped[str] = mapped_column(String(512))  # relative to files_dir
+
+
+class Batch(Base):
+    """A batch of the Batch API, with the runner's bookkeeping (which replica drives it)."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # batch_<hex>
+    owner: Mapped[str] = mapped_column(String(255), index=True)
+    principal: Mapped[str] = mapped_column(Text())  # JSON: what the owner may use (see batch.principals)
+    endpoint: Mapped[str] = mapped_column(String(64))
+    input_file_id: Mapped[str] = mapped_column(String(64))
+    completion_window: Mapped[str] = mapped_column(String(8))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    model: Mapped[str | None] = mapped_column(String(255))
+    metadata_json: Mapped[str | None] = mapped_column(Text())
+    errors_json: Mapped[str | None] = mapped_column(Text())
+    output_file_id: Mapped[str | None] = mapped_column(String(64))
+    error_file_id: Mapped[str | None] = mapped_column(String(64))
+    total: Mapped[int] = mapped_column(Integer(), default=0)
+    completed: Mapped[int] = mapped_column(Integer(), default=0)
+    failed: Mapped[int] = mapped_column(Integer(), default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    in_progress_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finalizing_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    expired_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    cancelling_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    cancelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    executor: Mapped[str | None] = mapped_column(String(160))  # hot, or slurm:<cluster>
+    executor_state: Mapped[str | None] = mapped_column(Text())  # JSON the executor saved
+    claimed_by: Mapped[str | None] = mapped_column(String(64))  # the replica driving it
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class BatchResult(Base):
+    """One finished line of a running batch (its checkpoint), until the batch's files are written."""
+
+    __tablename__ = "batch_results"
+
+    batch_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    line: Mapped[int] = mapped_column(Integer(), primary_key=True)
+    ok: Mapped[bool] = mapped_column(Boolean())
+    output: Mapped[str] = mapped_column(Text())  # the output or error file line, JSON

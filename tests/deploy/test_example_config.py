@@ -19,7 +19,7 @@ from gateway.config import Settings, load_settings
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "hearth.example.yaml"
 
 # Sections that hold one object (not a mapping of names): their env override is fixed text.
-SINGLE_SECTIONS = ("server", "store", "redis", "auth", "relay")
+SINGLE_SECTIONS = ("server", "store", "redis", "auth", "relay", "status_page", "tracing", "batch")
 
 
 @pytest.fixture(autouse=True)

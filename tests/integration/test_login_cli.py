@@ -16,7 +16,6 @@ import socket
 import stat
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,13 +28,12 @@ import globus_sdk
 import httpx
 import openai
 import pytest
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from tests.support.gateway import Gateway, Sim, start_gateway, upstream
 from tests.support.globus_auth import GlobusAuthStandIn, Identity, ResourceServer
-from tests.support.procs import free_port
+from tests.support.threaded_server import ThreadedServer
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -198,21 +196,11 @@ class FakeGateway:
         app.post("/v1/keys", status_code=201)(self.create_key)
         app.get("/v1/keys")(self.list_keys)
         app.delete("/v1/keys/{key_id}")(self.revoke_key)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
-        )
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            assert time.monotonic() < deadline, "the fake gateway did not start"
-            time.sleep(0.01)
+        self._server = ThreadedServer(app).start()
+        self.port, self.url = self._server.port, self._server.url
 
     def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
+        self._server.stop()
 
     def _caller(self, request: Request) -> dict[str, Any] | JSONResponse:
         token = request.headers.get("authorization", "").partition(" ")[2]

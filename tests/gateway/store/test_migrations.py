@@ -15,7 +15,7 @@ from sqlalchemy import Connection, inspect, text
 from gateway.store.database import MIGRATIONS_DIR, Database, alembic_config, normalize_url
 from gateway.store.models import Base
 
-HEAD = "0002"  # the newest migration
+HEAD = "0004"  # the newest migration
 
 
 async def _version(db: Database) -> list[str]:

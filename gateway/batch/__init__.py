@@ -1,0 +1,1 @@
+"""The OpenAI Batch API's execution: validation, the runner, and where lines run."""
