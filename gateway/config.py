@@ -231,6 +231,14 @@ class RelaySettings(_Section):
     failure_cooldown_s: float = Field(default=5.0, ge=0)
     discovery_interval_s: float = Field(default=30.0, gt=0)
 
+    cold_start_wait_s: float = Field(
+        default=60.0, ge=0, description="How long a non-streaming request waits for a cold model to start."
+    )
+    cold_start_stream_wait_s: float = Field(
+        default=1800.0, ge=0, description="How long a streaming request is held (with keep-alives) for one."
+    )
+    keepalive_s: float = Field(default=5.0, gt=0, description="Between SSE keep-alive comments while held.")
+
 
 class TracingSettings(_Section):
     """OpenTelemetry tracing of inference requests (docs/admin/gateway.md#tracing)."""
@@ -299,11 +307,18 @@ class ComputeSettings(_Section):
         default=None,
         description="The site.yaml the site functions read, if not $HEARTH_SITE_CONFIG at the endpoint.",
     )
+    start_workers: bool = Field(
+        default=False,
+        description="Cold start: when a model the site lists (discover_workers) is asked for and no "
+        "worker is READY, start one there (the `start_worker` site function).",
+    )
 
     def model_post_init(self, context: Any, /) -> None:
         if self.mode == "cloud":
-            needed = {"infer", "infer_stream", "list_models"} | (
-                {"status"} if self.discover_workers else set()
+            needed = (
+                {"infer", "infer_stream", "list_models"}
+                | ({"status"} if self.discover_workers else set())
+                | ({"start_worker"} if self.start_workers else set())
             )
             missing = needed - set(self.function_ids)
             if not self.endpoint_id or missing:

@@ -28,6 +28,7 @@ from gateway.relay.compute import CloudTransport, ComputeRelay, ComputeTransport
 from gateway.relay.direct import DirectRelay
 from gateway.relay.dispatch import Dispatcher
 from gateway.routing.catalogue import Catalogue, ModelRule, UpstreamSource
+from gateway.routing.coldstart import ColdStarts
 from gateway.routing.router import Router
 from gateway.routing.sites import SiteDirectory
 from gateway.store.audit import AuditLog
@@ -62,6 +63,7 @@ class Services:
     files: FileStore
     batches: BatchStore
     batch_runner: BatchRunner
+    cold_starts: ColdStarts
     globus: GlobusAuth | None = None
     sites: list[SiteDirectory] = field(default_factory=list)
     tracing: Tracing | None = None
@@ -101,7 +103,12 @@ class Services:
         )
         relay = ClusterRelays(compute_relays(settings, bridge), default=direct)
         directories = [
-            SiteDirectory(name, compute, settings.clusters[name].compute.site_config)
+            SiteDirectory(
+                name,
+                compute,
+                settings.clusters[name].compute.site_config,
+                start_workers=settings.clusters[name].compute.start_workers,
+            )
             for name, compute in relay.by_cluster.items()
             if isinstance(compute, ComputeRelay) and settings.clusters[name].compute.discover_workers
         ]
@@ -120,9 +127,11 @@ class Services:
         files = FileStore(db, settings.batch.files_dir)
         batches = BatchStore(db)
         batch_runner = build_runner(settings, batches, files, dispatcher, catalogue, relay, directories)
+        cold_starts = ColdStarts(catalogue, directories)
         return cls(
             settings, db, keys, usage, relay, bridge, catalogue, router, dispatcher, auth, metrics, client,
-            audit, limiter, rollups, files, batches, batch_runner, globus, sites=directories, tracing=tracing,
+            audit, limiter, rollups, files, batches, batch_runner, cold_starts, globus, sites=directories,
+            tracing=tracing,
         )  # fmt: skip
 
     async def start(self) -> None:

@@ -6,20 +6,24 @@ embeddings). Fields the gateway does not need are passed to the worker untouched
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from gateway.api.held import HeldStream
 from gateway.api.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, validate
 from gateway.api.responses import ClientDisconnected, SSEResponse, cancel_on_disconnect, reply_response
 from gateway.auth.principal import Principal
 from gateway.deps import CurrentPrincipal, ServicesDep
-from gateway.errors import InvalidRequest, ModelNotFound
+from gateway.errors import InvalidRequest, ModelNotFound, UpstreamUnavailable
 from gateway.limits.buckets import estimate_tokens
 from gateway.relay.base import UpstreamReply
 from gateway.relay.dispatch import CallContext
+from gateway.routing.coldstart import Progress
+from gateway.routing.sites import SiteDirectory
 from gateway.services import Services
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -107,7 +111,12 @@ async def generate(
 async def _relay(
     request: Request, services: Services, ctx: CallContext, payload: dict[str, Any], schema: GenerationSchema
 ) -> Response:
+    cold = _cold_sites(services, ctx, payload)
     try:
+        if cold and payload.get("stream") and schema is not EmbeddingRequest:
+            return SSEResponse(_held(services, ctx, payload, cold))
+        if cold:
+            await cancel_on_disconnect(request, _wait_cold(services, ctx, payload, cold))
         if payload.get("stream") and schema is not EmbeddingRequest:
             opened = await cancel_on_disconnect(request, services.dispatcher.stream(ctx, payload))
             if isinstance(opened, UpstreamReply):
@@ -118,6 +127,53 @@ async def _relay(
         services.limiter.settle(ctx.reservation, 0)
         return Response(status_code=499)  # nobody is listening; nothing is sent
     return reply_response(reply)
+
+
+def _cold_sites(services: Services, ctx: CallContext, payload: dict[str, Any]) -> list[SiteDirectory]:
+    """Where the requested model could be started, when no worker serves it now (else [])."""
+    model = str(payload["model"])
+    if services.catalogue.deployments(model) or ctx.principal.refusal(model) is not None:
+        return []
+    served = _served(services, model)
+    sites = services.cold_starts.startable(served, ctx.principal.may_use_cluster)
+    return [s for s in sites if ctx.cluster is None or s.cluster == ctx.cluster]
+
+
+def _served(services: Services, model: str) -> str:
+    rule = services.settings.models.get(model)
+    return rule.served_name if rule is not None and rule.served_name else model
+
+
+async def _wait_cold(
+    services: Services, ctx: CallContext, payload: dict[str, Any], sites: list[SiteDirectory]
+) -> None:
+    """Start the model and wait for it; 503 with Retry-After if it is not up in time."""
+    model = str(payload["model"])
+    wait_s = services.settings.relay.cold_start_wait_s
+    if await services.cold_starts.wait_ready(model, _served(services, model), sites, wait_s):
+        return
+    progress = services.cold_starts.progress(model)
+    where = f" on cluster `{progress.cluster}` ({progress.state})" if progress else ""
+    raise UpstreamUnavailable(
+        f"The model `{model}` is starting{where}. Try again shortly; GET /v1/status shows its state.",
+        code="model_starting",
+        headers={"retry-after": "30"},
+    )
+
+
+def _held(
+    services: Services, ctx: CallContext, payload: dict[str, Any], sites: list[SiteDirectory]
+) -> HeldStream:
+    model = str(payload["model"])
+    relay = services.settings.relay
+
+    def wait(on_wait: Callable[[Progress], None]) -> Awaitable[bool]:
+        return services.cold_starts.wait_ready(
+            model, _served(services, model), sites, relay.cold_start_stream_wait_s, on_wait,
+            tick_s=relay.keepalive_s,
+        )  # fmt: skip
+
+    return HeldStream(model, wait, lambda: services.dispatcher.stream(ctx, payload))
 
 
 def pinned_cluster(payload: dict[str, Any], header: str | None) -> str | None:

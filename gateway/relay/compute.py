@@ -211,6 +211,17 @@ class ComputeRelay(Relay):
         _raise_failure(where, result)
         return result
 
+    async def start_worker(self, cluster: str, site_config: str | None, model: str) -> dict[str, Any]:
+        """Ask the site to start a worker for `model` (a Slurm job); its view, PENDING at first."""
+        req: SiteRequest = {"version": FUNCTIONS_VERSION, "model": model}
+        if site_config:
+            req["site_config"] = site_config
+        where = Upstream(name=f"{cluster}/site", cluster=cluster, base_url="")
+        result = await self._call(where, "start_worker", req, _TASK_MARGIN_S)
+        _raise_failure(where, result)
+        worker: dict[str, Any] = result["worker"]
+        return worker
+
     async def list_models(self, upstream: Upstream) -> list[str]:
         req: ModelsRequest = {"version": FUNCTIONS_VERSION, "worker": _worker(upstream), "timeout_s": 10.0}
         result = await self._call(upstream, "list_models", req, 10.0 + _TASK_MARGIN_S)

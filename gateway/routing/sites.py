@@ -16,10 +16,18 @@ from gateway.routing.catalogue import UpstreamSource
 
 
 class SiteDirectory:
-    def __init__(self, cluster: str, relay: ComputeRelay, site_config: str | None = None) -> None:
+    def __init__(
+        self,
+        cluster: str,
+        relay: ComputeRelay,
+        site_config: str | None = None,
+        *,
+        start_workers: bool = False,
+    ) -> None:
         self.cluster = cluster
         self.relay = relay
         self.site_config = site_config
+        self.start_workers = start_workers  # cold start: may start workers here on demand
         self.last_status: dict[str, Any] | None = None  # what the site said at the last refresh
 
     async def ready_workers(self) -> list[UpstreamSource]:
