@@ -69,7 +69,7 @@ class BatchRunner:
         choose_executor: ExecutorChoice,
         model_refusal: Callable[[Batch, str], str | None],
         replica_id: str | None = None,
-        poll_s: float = 1.0,
+        poll_s: float = 5.0,
         max_batches: int = 8,
     ) -> None:
         self._store = store
