@@ -108,11 +108,6 @@ class SiteRequest(TypedDict):
     model: NotRequired[str]  # start_worker
     worker_id: NotRequired[str]  # stop_worker
     drain: NotRequired[bool]  # stop_worker: finish what runs first (default true)
-    batch_id: NotRequired[str]  # batch_submit, batch_status
-    command: NotRequired[str]  # batch_submit: the shell command the job runs
-    input_path: NotRequired[str]  # batch_submit: paths on the site's shared file system
-    output_path: NotRequired[str]
-    resources: NotRequired[dict[str, Any]]  # batch_submit: walltime, cpus, gpus, nodes, mem
 
 
 class SiteResult(TypedDict):
@@ -121,7 +116,6 @@ class SiteResult(TypedDict):
     models: NotRequired[list[str]]  # status: the models the site can start
     workers: NotRequired[list[dict[str, Any]]]  # WorkerView.to_wire()
     worker: NotRequired[dict[str, Any]]
-    batch: NotRequired[dict[str, Any]]  # BatchJob.to_wire()
     free_nodes: NotRequired[int]
     queued: NotRequired[int]
     failure: NotRequired[Failure]
