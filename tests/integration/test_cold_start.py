@@ -32,21 +32,26 @@ def site_config(slurm: SlurmCluster, root: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def gateway(slurm_cluster: SlurmCluster, logs: Path, tmp_path: Path) -> Iterator[Gateway]:
+def cold_gateway(slurm: SlurmCluster, logs: Path, tmp_path: Path, **relay: float) -> Gateway:
+    """A gateway whose one cluster's site lists cold-a and cold-b and may start workers."""
     cluster = {
         "relay": "compute",
         "compute": {"mode": "local", "provider": "local", "run_dir": str(tmp_path / "gw-engine"),
                     "discover_workers": True, "start_workers": True,
-                    "site_config": str(site_config(slurm_cluster, tmp_path))},
+                    "site_config": str(site_config(slurm, tmp_path))},
         "upstreams": [],
     }  # fmt: skip
-    gw = start_gateway(
+    return start_gateway(
         logs,
         clusters={"site": cluster},
         store_url=f"sqlite:///{tmp_path}/gw.db",
-        relay={"discovery_interval_s": 1, "cold_start_wait_s": 120, "keepalive_s": 1},
+        relay={"discovery_interval_s": 1, **relay},
     )
+
+
+@pytest.fixture
+def gateway(slurm_cluster: SlurmCluster, logs: Path, tmp_path: Path) -> Iterator[Gateway]:
+    gw = cold_gateway(slurm_cluster, logs, tmp_path, cold_start_wait_s=120, keepalive_s=1)
     yield gw
     gw.stop()
 
@@ -99,17 +104,7 @@ def test_streaming_client_held_with_keepalives(gateway: Gateway) -> None:
 def test_not_started_in_time_is_503_with_retry_after(
     slurm_cluster: SlurmCluster, logs: Path, tmp_path: Path
 ) -> None:
-    cluster = {
-        "relay": "compute",
-        "compute": {"mode": "local", "provider": "local", "run_dir": str(tmp_path / "gw-engine"),
-                    "discover_workers": True, "start_workers": True,
-                    "site_config": str(site_config(slurm_cluster, tmp_path))},
-        "upstreams": [],
-    }  # fmt: skip
-    gw = start_gateway(
-        logs, clusters={"site": cluster}, store_url=f"sqlite:///{tmp_path}/gw.db",
-        relay={"discovery_interval_s": 1, "cold_start_wait_s": 0.2},
-    )  # fmt: skip
+    gw = cold_gateway(slurm_cluster, logs, tmp_path, cold_start_wait_s=0.2)
     try:
         wait_listed(gw)
         r = httpx.post(
