@@ -178,7 +178,12 @@ class BatchRunner:
         with path.open("rb") as f:
             yield from f
 
-    async def _lines(self, batch: Batch) -> tuple[list[BatchLine], list[dict[str, Any]], str | None] | None:
+    async def _lines(
+        self, batch: Batch, *, check_model: bool = False
+    ) -> tuple[list[BatchLine], list[dict[str, Any]], str | None] | None:
+        """The input's lines (and errors). Whether the user may use the model is checked once,
+        at validation: re-reading the file later must not drop lines because a model is
+        momentarily without workers."""
         info = await self._files.get(batch.input_file_id, batch.owner)
         if info is None:
             return None
@@ -188,7 +193,9 @@ class BatchRunner:
             self._input_lines(path),
             batch.endpoint,
             max_lines=self._settings.max_lines,
-            model_refusal=lambda model: self._model_refusal(batch, model),
+            model_refusal=(lambda model: self._model_refusal(batch, model))
+            if check_model
+            else (lambda _m: None),
         )
         errors = checked.errors
         if checked.more_errors:
@@ -197,7 +204,7 @@ class BatchRunner:
         return checked.lines, errors, checked.model
 
     async def _validate(self, batch: Batch) -> None:
-        parsed = await self._lines(batch)
+        parsed = await self._lines(batch, check_model=True)
         now = utcnow()
         if parsed is None:
             gone = "The input file no longer exists."
