@@ -275,12 +275,14 @@ def list_models(req: ModelsRequest) -> ModelsResult:
 
 
 def status(req: SiteRequest) -> SiteResult:
-    """The site's workers (with addresses and keys of the READY ones), free nodes, queue."""
+    """The site's workers (READY ones with address, key and engine load; when each running job's
+    walltime ends and when Slurm expects each queued one to start), free nodes, queue."""
     return _site(req, _status)
 
 
 def start_worker(req: SiteRequest) -> SiteResult:
-    """Submit a worker job for `req["model"]`."""
+    """Submit a worker job for `req["model"]`, for `req["walltime"]` if given (capped at the
+    model's walltime in site.yaml)."""
     return _site(req, _start)
 
 
@@ -299,7 +301,7 @@ async def _status(site: SiteConfig, req: SiteRequest) -> SiteResult:
 
 
 async def _start(site: SiteConfig, req: SiteRequest) -> SiteResult:
-    view = await Workers(site).start(req["model"])
+    view = await Workers(site).start(req["model"], walltime=req.get("walltime"))
     return {"version": FUNCTIONS_VERSION, "cluster": site.cluster, "worker": view.to_wire()}
 
 

@@ -106,6 +106,7 @@ class SiteRequest(TypedDict):
     version: str
     site_config: NotRequired[str]
     model: NotRequired[str]  # start_worker
+    walltime: NotRequired[str]  # start_worker: [D-]HH:MM:SS, at most the site's for the model
     worker_id: NotRequired[str]  # stop_worker
     drain: NotRequired[bool]  # stop_worker: finish what runs first (default true)
 

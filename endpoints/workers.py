@@ -9,6 +9,11 @@ job writes (slurm/README.md), and probes of the engine. What is stored, one smal
 worker under `state_dir/workers/`, is what cannot be derived: the model, the job id, where the
 worker's key file is. Each worker gets its own random API key (file mode 0600), so nobody else
 on the cluster can use its engine.
+
+For the gateway's router and hot-node scheduler, a view also says when a running job's
+walltime ends (`ends_at`), when Slurm expects a queued job to start (`starts_at`), and, for a
+READY worker, the engine's load read from its Prometheus `/metrics` (`load`). A worker's
+walltime is the model's in site.yaml, or a shorter one asked for when it is started.
 """
 
 from __future__ import annotations
@@ -17,13 +22,17 @@ import asyncio
 import http.client
 import json
 import os
+import re
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+from endpoints.engine_metrics import EngineLoad, metrics_url, parse_engine_load
 from endpoints.engines.apptainer import apptainer_wrap
 from endpoints.engines.base import WORKER_KEY_ENV, WORKER_PORT_ENV, EngineLaunch, EnvRef
 from endpoints.engines.llamacpp import llamacpp_launch
@@ -31,11 +40,14 @@ from endpoints.engines.simulated import sim_launch
 from endpoints.engines.vllm import ray_head_command, ray_worker_command, vllm_launch
 from endpoints.protocol import WorkerState
 from endpoints.site import ModelSpec, SiteConfig
-from endpoints.slurm import JobInfo, JobState, Slurm
+from endpoints.slurm import JobInfo, JobState, Slurm, parse_duration
 from endpoints.templates import render
 
 _PROBE_TTL_S = 10.0  # a worker that answered a probe is trusted this long
 _LOG_TAIL_LINES = 15
+_LOAD_TIMEOUT_S = 3.0  # a status call waits at most this long for a worker's /metrics
+_METRICS_MAX_BYTES = 4 * 1024 * 1024  # vLLM's page with all its histograms is a few hundred kB
+_WALLTIME = re.compile(r"(?:[0-9]+-)?[0-9]{1,2}:[0-9]{2}:[0-9]{2}")  # [D-]HH:MM:SS, as SiteRequest says
 
 
 class WorkerError(Exception):
@@ -44,6 +56,8 @@ class WorkerError(Exception):
 
 @dataclass(frozen=True)
 class WorkerView:
+    """One worker as the site sees it now; `to_wire()` is its entry in `SiteResult`."""
+
     worker_id: str
     model: str
     state: WorkerState
@@ -53,8 +67,12 @@ class WorkerView:
     api_key: str | None = None  # given to the gateway with the address, never logged
     reason: str | None = None
     created_at: str | None = None
+    load: EngineLoad | None = None  # READY only, and only when its /metrics could be read
+    ends_at: float | None = None  # unix seconds: the running job's start + its time limit
+    starts_at: float | None = None  # unix seconds: Slurm's expected start of a PENDING job
 
     def to_wire(self) -> dict[str, Any]:
+        """A plain JSON-able dict (it crosses Globus Compute's serialiser)."""
         data = asdict(self)
         data["state"] = self.state.value
         return data
@@ -93,11 +111,33 @@ def engine_launch(site: SiteConfig, model: str, spec: ModelSpec) -> EngineLaunch
     return launch
 
 
-def render_worker(site: SiteConfig, model: str, worker_id: str, key_file: Path) -> str:
-    """The exact batch script Hearth submits for one worker of `model`."""
+def worker_walltime(site_walltime: str, asked: object = None) -> str:
+    """The walltime of a new worker job: `asked` ([D-]HH:MM:SS) when it is no longer than the
+    model's `walltime` in site.yaml, else the site's: the site's admin sets the ceiling.
+
+    A site walltime Slurm reads as no limit ("UNLIMITED") sets no ceiling here (the partition's
+    MaxTime still does). An `asked` that is not [D-]HH:MM:SS, or is zero (to Slurm, no limit),
+    is refused.
+    """
+    if asked is None:
+        return site_walltime
+    if not isinstance(asked, str) or not _WALLTIME.fullmatch(asked) or not parse_duration(asked):
+        raise WorkerError(f"walltime {asked!r} is not a positive [D-]HH:MM:SS")
+    ceiling = parse_duration(site_walltime)
+    if ceiling is not None and (parse_duration(asked) or 0) > ceiling:
+        return site_walltime
+    return asked
+
+
+def render_worker(
+    site: SiteConfig, model: str, worker_id: str, key_file: Path, walltime: str | None = None
+) -> str:
+    """The exact batch script Hearth submits for one worker of `model`, for `walltime` if it
+    is given and not longer than the site's (`worker_walltime`)."""
     spec = site.models.get(model)
     if spec is None:
         raise WorkerError(f"this site does not serve {model!r} (models: {', '.join(sorted(site.models))})")
+    walltime = worker_walltime(spec.walltime, walltime)
     launch = engine_launch(site, model, spec)
     multinode: dict[str, Any] = {}
     if spec.nodes > 1:
@@ -112,7 +152,7 @@ def render_worker(site: SiteConfig, model: str, worker_id: str, key_file: Path) 
         multinode = {"nodes": spec.nodes, "gpus_per_node": spec.gpus, "cpus_per_node": spec.cpus,
                      "ray_head_command": head.shell(), "ray_worker_command": worker.shell()}  # fmt: skip
     context: dict[str, Any] = {
-        "cluster": site.cluster, "model": model, "worker_id": worker_id, "walltime": spec.walltime,
+        "cluster": site.cluster, "model": model, "worker_id": worker_id, "walltime": walltime,
         "key_file": str(key_file), "ready_dir": str(site.ready_dir), "log_dir": str(site.logs_dir),
         "gpus": spec.gpus, "cpus": spec.cpus, "mem": spec.mem, "partition": site.partition,
         "account": site.account, "qos": site.qos, "setup": list(site.setup), "python": site.python,
@@ -132,14 +172,15 @@ class Workers:
         self.slurm = slurm or Slurm(env=site.slurm_env)
         self._probed: dict[str, float] = {}
 
-    async def start(self, model: str) -> WorkerView:
-        """Submit a worker job for `model`; it starts PENDING."""
+    async def start(self, model: str, walltime: str | None = None) -> WorkerView:
+        """Submit a worker job for `model`; it starts PENDING. Its walltime is `walltime`
+        ([D-]HH:MM:SS) capped at the model's in site.yaml, or the model's when not given."""
         for d in (self.site.state_dir, self.site.ready_dir, self.site.keys_dir, self.site.logs_dir,
                   self.site.workers_dir):  # fmt: skip
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
         worker_id = "w" + secrets.token_hex(5)
         key_file = self.site.keys_dir / f"{worker_id}.key"
-        script = render_worker(self.site, model, worker_id, key_file)
+        script = render_worker(self.site, model, worker_id, key_file, walltime)
         fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_urlsafe(32))
@@ -166,9 +207,10 @@ class Workers:
     async def get(self, worker_id: str) -> WorkerView:
         record = self._record(worker_id)
         job = await self.slurm.job(record["job_id"])
-        return await self._view(record, job)
+        return (await _with_load([await self._view(record, job)]))[0]
 
     async def list(self) -> list[WorkerView]:
+        """Every worker with a record here, READY ones with their address, key and load."""
         records = [json.loads(p.read_text()) for p in sorted(self.site.workers_dir.glob("*.json"))]
         if not records:
             return []
@@ -179,7 +221,7 @@ class Workers:
         for r in records:
             job = jobs.get(r["job_id"]) or await self.slurm.job(r["job_id"])
             views.append(await self._view(r, job))
-        return views
+        return await _with_load(views)
 
     def forget(self, worker_id: str) -> None:
         """Drop a GONE or FAILED worker's record and key."""
@@ -208,10 +250,11 @@ class Workers:
     ) -> tuple[WorkerView, str | None, str | None]:
         """The state as far as Slurm and the job's files tell (no probe); for a job that says it
         listens, also its base URL and key, to probe."""
+        ends_at, starts_at = _job_times(job)
         view = WorkerView(
             worker_id=record["worker_id"], model=record["model"], job_id=record["job_id"],
             created_at=record.get("created_at"), state=WorkerState.GONE,
-            node=job.node if job is not None else None,
+            node=job.node if job is not None else None, ends_at=ends_at, starts_at=starts_at,
         )  # fmt: skip
         if job is None:
             if record.get("final_state"):  # what was seen when the job ended, before Slurm forgot it
@@ -269,9 +312,52 @@ class Workers:
         return ""
 
 
-def _one_token(base_url: str, model: str, key: str) -> str | None:
-    from urllib.parse import urlsplit
+async def _with_load(views: Sequence[WorkerView]) -> list[WorkerView]:
+    """The views, READY ones with their engine's load. The /metrics reads run concurrently, so
+    a status call waits for the slowest worker, at most `_LOAD_TIMEOUT_S`, not their sum."""
+    ready = [i for i, v in enumerate(views) if v.state is WorkerState.READY and v.base_url]
+    loads = await asyncio.gather(
+        *(asyncio.to_thread(read_load, views[i].base_url or "", views[i].api_key) for i in ready)
+    )
+    loaded = [*views]
+    for i, load in zip(ready, loads, strict=True):
+        loaded[i] = replace(views[i], load=load)
+    return loaded
 
+
+def _job_times(job: JobInfo | None) -> tuple[float | None, float | None]:
+    """(`ends_at`, `starts_at`) as unix seconds: when a running job's walltime ends (its start +
+    its time limit), and when Slurm expects a pending job to start (once its scheduler has a
+    guess; squeue's "N/A" is None). None when unknown or not applicable."""
+    if job is None or job.start_time is None:
+        return None, None
+    start = job.start_time.timestamp()
+    if job.state is JobState.PENDING:
+        return None, start
+    if job.state in (JobState.RUNNING, JobState.COMPLETING) and job.time_limit_s is not None:
+        return start + job.time_limit_s, None
+    return None, None
+
+
+def read_load(base_url: str, key: str | None, timeout_s: float = _LOAD_TIMEOUT_S) -> EngineLoad | None:
+    """The engine's load from its Prometheus `/metrics` (beside its OpenAI `base_url`), asked
+    with the worker's key; None when it cannot be read (no answer, not 200, not an engine's
+    page): the load is advice for the router, never a reason for a status call to fail."""
+    parts = urlsplit(metrics_url(base_url))
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port or 80, timeout=timeout_s)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        conn.request("GET", parts.path, headers=headers)
+        resp = conn.getresponse()
+        body = resp.read(_METRICS_MAX_BYTES)
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()
+    return parse_engine_load(body.decode("utf-8", "replace")) if resp.status == 200 else None
+
+
+def _one_token(base_url: str, model: str, key: str) -> str | None:
     parts = urlsplit(base_url)
     conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=10)
     body = json.dumps({"model": model, "prompt": "ping", "max_tokens": 1})

@@ -96,10 +96,20 @@ def compute_gateway(logs: Path, tmp: Path, worker: dict[str, Any]) -> Gateway:
     return g
 
 
-def test_worker_life_cycle_with_real_tokens(site: SiteCall, logs: Path, tmp_path: Path) -> None:
-    started = site(start_worker, model="tiny-llama")["worker"]
+def job_time_limit(slurm_cluster: SlurmCluster, job_id: str) -> int | None:
+    job = asyncio.run(Slurm(env=slurm_cluster.env).job(job_id))
+    assert job is not None, f"Slurm does not know job {job_id}"
+    return job.time_limit_s
+
+
+def test_worker_life_cycle_with_real_tokens(
+    site: SiteCall, slurm_cluster: SlurmCluster, logs: Path, tmp_path: Path
+) -> None:
+    # Longer than the model's walltime in site.yaml (00:10:00): the site's ceiling wins.
+    started = site(start_worker, model="tiny-llama", walltime="01:00:00")["worker"]
     assert started["state"] in ("pending", "starting")
     assert started["api_key"] is None  # no key leaves the site before the worker is READY
+    assert job_time_limit(slurm_cluster, started["job_id"]) == 600
     worker, seen = wait_for_state(site, started["worker_id"], {"ready", "failed"})
     assert worker["state"] == "ready", worker
     assert seen[0] in ("pending", "starting")
@@ -137,9 +147,22 @@ def test_a_worker_that_cannot_start_fails_with_its_reason(site: SiteCall) -> Non
 def test_scancel_mid_stream_ends_the_stream_cleanly(
     site: SiteCall, slurm_cluster: SlurmCluster, logs: Path, tmp_path: Path
 ) -> None:
-    started = site(start_worker, model="slow-sim")["worker"]
+    submitted_at = time.time()
+    # Shorter than the model's walltime in site.yaml (00:10:00): the job gets it.
+    started = site(start_worker, model="slow-sim", walltime="00:05:00")["worker"]
+    assert job_time_limit(slurm_cluster, started["job_id"]) == 300
     worker, _ = wait_for_state(site, started["worker_id"], {"ready", "failed"})
     assert worker["state"] == "ready", worker
+    # What the gateway's router and scheduler read: the engine's load, and when the job ends.
+    load = worker["load"]
+    assert load is not None, "the READY sim worker's /metrics could not be read"
+    assert isinstance(load["running"], int)
+    assert isinstance(load["waiting"], int)
+    assert load["generated_tokens"] is not None
+    assert load["generated_tokens"] >= 1  # READY means its 1-token probe went through this engine
+    assert abs(worker["ends_at"] - (submitted_at + 300)) < 60
+    assert worker["ends_at"] > time.time()
+    assert worker["starts_at"] is None
     gw = compute_gateway(logs, tmp_path, worker)
     try:
         body = {"model": "slow-sim", "prompt": "go", "max_tokens": 400, "stream": True}
