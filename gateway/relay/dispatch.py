@@ -43,6 +43,7 @@ from gateway.relay.base import (
     UpstreamReply,
 )
 from gateway.relay.stream import ClientStream, StreamOutcome
+from gateway.routing.affinity import affinity_key
 from gateway.routing.catalogue import Deployment
 from gateway.routing.router import Router
 from gateway.store.usage import UsageRecord, UsageRecorder
@@ -96,7 +97,7 @@ class Dispatcher:
         """Relay a non-streaming request; 4xx answers from the worker are passed through."""
         model = str(payload["model"])
         last: RelayError | None = None
-        for attempt, dep in enumerate(self._candidates(ctx, model), 1):
+        for attempt, dep in enumerate(self._candidates(ctx, model, payload), 1):
             call = UpstreamCall(ctx.path, _encode(payload, dep), ctx.request_id)
             span = None
             if self.tracing is not None:
@@ -131,7 +132,7 @@ class Dispatcher:
         wants_usage = bool(options.get("include_usage"))
         upstream_payload = {**payload, "stream_options": {**options, "include_usage": True}}
         last: RelayError | None = None
-        for attempt, dep in enumerate(self._candidates(ctx, model), 1):
+        for attempt, dep in enumerate(self._candidates(ctx, model, payload), 1):
             call = UpstreamCall(ctx.path, _encode(upstream_payload, dep), ctx.request_id)
             span = None
             if self.tracing is not None:
@@ -223,8 +224,12 @@ class Dispatcher:
         self._awaiting[key] = self._awaiting.get(key, 0) + 1
         return key
 
-    def _candidates(self, ctx: CallContext, model: str) -> list[Deployment]:
-        deployments = self.router.candidates(model)  # ModelNotFound first: 404 before 403
+    def _candidates(self, ctx: CallContext, model: str, payload: dict[str, Any]) -> list[Deployment]:
+        router = self.router
+        # The conversation's prefix, so its turns reach the engine that has it cached; only
+        # worth computing when there is a choice of engine.
+        affinity = affinity_key(ctx.path, payload) if router.wants_affinity(model) else None
+        deployments = router.candidates(model, affinity)  # ModelNotFound first: 404 before 403
         principal = ctx.principal
         refusal = principal.refusal(model)
         if refusal is not None:

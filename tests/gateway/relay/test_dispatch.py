@@ -44,7 +44,7 @@ async def second() -> AsyncIterator[RecordingUpstream]:
 @pytest.fixture
 def make_dispatcher(relay: DirectRelay) -> MakeDispatcher:
     def make(*sources: UpstreamSource, rules: dict[str, ModelRule] | None = None) -> Dispatcher:
-        router = Router(Catalogue(sources, relay, rules), cooldown_s=60)
+        router = Router(Catalogue(sources, relay, rules), cooldown_s=60, prefix_affinity=False)
         return Dispatcher(router, relay, GatewayMetrics(), None, max_attempts=3)
 
     return make
