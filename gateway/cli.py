@@ -188,14 +188,23 @@ def models(
     except (urllib.error.URLError, OSError) as exc:
         err.print(f"[red]Cannot reach {escape(url)}: {escape(str(exc))}[/red]")
         raise typer.Exit(1) from None
-    table = Table("model", "cluster", "state", "ready", "starting", "queued", "in flight")
+    table = Table("model", "cluster", "state", "ready", "starting", "queued", "in flight", "est. wait")
     for model in data.get("models", []):
         for c in model["clusters"]:
             table.add_row(
                 Text(model["model"]), Text(c["cluster"]), c["state"], str(c["ready"]), str(c["starting"]),
-                str(c["queued"]), str(c["in_flight"]),
+                str(c["queued"]), str(c["in_flight"]), _wait_text(c.get("estimated_wait_s"), c["state"]),
             )  # fmt: skip
     out.print(table)
+
+
+def _wait_text(seconds: float | None, state: str) -> str:
+    """The estimated wait as a person reads it: "-" when hot, "?" when it cannot be told."""
+    if state == "hot":
+        return "-"
+    if seconds is None:
+        return "?"
+    return f"~{round(seconds)} s" if seconds < 120 else f"~{round(seconds / 60)} min"
 
 
 @app.command()

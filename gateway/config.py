@@ -238,6 +238,52 @@ class RelaySettings(_Section):
         default=1800.0, ge=0, description="How long a streaming request is held (with keep-alives) for one."
     )
     keepalive_s: float = Field(default=5.0, gt=0, description="Between SSE keep-alive comments while held.")
+    cold_start_estimate_s: float = Field(
+        default=120.0,
+        ge=0,
+        description="Assumed time from a worker job starting to its model answering, until starts "
+        "have been seen (then their moving average is used); for the estimated wait in /v1/status.",
+    )
+    load_poll_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="How often the engine metrics (running, waiting, KV cache) of `direct` upstreams "
+        "are read for routing; compute clusters report them with their status.",
+    )
+    stall_after_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="An engine with requests running whose generated-token counter has not moved "
+        "for this long is treated as failing (breaker open) until it moves again.",
+    )
+    prefix_affinity: bool = Field(
+        default=True,
+        description="Send requests that start alike (same system prompt and first message) to the "
+        "same worker within a cluster, when it is not busier than its peers, so prefix caches are reused.",
+    )
+
+
+class SchedulerSettings(_Section):
+    """The hot-node scheduler: how many workers each model runs on each cluster that may start
+    them (`compute.start_workers`). One gateway replica decides (a Redis lock; alone without Redis)."""
+
+    enabled: bool = Field(default=True, description="Scale workers on clusters with compute.start_workers.")
+    interval_s: float = Field(default=10.0, gt=0, description="How often the leader decides.")
+    demand_halflife_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Half-life of the moving average of demand (requests in flight and waiting).",
+    )
+    renew_before_s: float = Field(
+        default=600.0,
+        ge=0,
+        description="Start a replacement this long before a worker's walltime ends, then drain the old one.",
+    )
+    leader_ttl_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long the leader's lock lasts unrenewed (another replica takes over).",
+    )
 
 
 class TracingSettings(_Section):
@@ -309,8 +355,9 @@ class ComputeSettings(_Section):
     )
     start_workers: bool = Field(
         default=False,
-        description="Cold start: when a model the site lists (discover_workers) is asked for and no "
-        "worker is READY, start one there (the `start_worker` site function).",
+        description="Cold start and scaling: when a model the site lists (discover_workers) is asked for "
+        "and no worker is READY, start one there (the `start_worker` site function); the scheduler "
+        "starts and drains workers here (`stop_worker`).",
     )
 
     def model_post_init(self, context: Any, /) -> None:
@@ -318,7 +365,7 @@ class ComputeSettings(_Section):
             needed = (
                 {"infer", "infer_stream", "list_models"}
                 | ({"status"} if self.discover_workers else set())
-                | ({"start_worker"} if self.start_workers else set())
+                | ({"start_worker", "stop_worker"} if self.start_workers else set())
             )
             missing = needed - set(self.function_ids)
             if not self.endpoint_id or missing:
@@ -351,6 +398,9 @@ class ClusterSettings(_Section):
         description="A directory the gateway and the site both see; batch input and output go "
         "through it instead of through Globus Compute tasks.",
     )
+    priority: int = Field(
+        default=0, description="Where to start workers when several clusters could: higher first."
+    )
 
     def model_post_init(self, context: Any, /) -> None:
         if self.batch_jobs:
@@ -366,12 +416,68 @@ class ClusterSettings(_Section):
                 )
 
 
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+_DAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class PrewarmWindow(_Section):
+    """A time when a model is kept hot whatever the demand (e.g. weekdays 08:00-18:00)."""
+
+    days: list[Weekday] = Field(
+        default_factory=lambda: list(_DAYS), description="Days it applies; all if omitted."
+    )
+    start: str = Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", description="HH:MM, inclusive.")
+    end: str = Field(
+        pattern=r"^([01][0-9]|2[0-4]):[0-5][0-9]$", description="HH:MM, exclusive; may be past midnight."
+    )
+    replicas: int = Field(
+        default=1, ge=1, description="Workers kept hot during the window, all clusters together."
+    )
+    timezone: str = Field(default="UTC", description="IANA zone the times are in, e.g. America/Chicago.")
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r}") from None
+        return v
+
+
 class ModelSettings(_Section):
     clusters: list[str] | None = Field(default=None, description="Clusters it may run on; all if omitted.")
     served_name: str | None = Field(default=None, description="The engine's name for it, if different.")
     required_groups: list[str] = Field(
         default_factory=list, description="Only members of any of these Globus groups may use this model."
     )
+    min_hot: dict[str, int] = Field(
+        default_factory=dict, description="Workers always kept running, by cluster (compute.start_workers)."
+    )
+    max_replicas: int = Field(default=1, ge=1, description="Most workers at once, all clusters together.")
+    idle_s: float = Field(
+        default=900.0, ge=0, description="Workers above min_hot are drained after this long without need."
+    )
+    target_load: float = Field(
+        default=8.0,
+        gt=0,
+        description="Requests (in flight and waiting) per worker before another is started.",
+    )
+    walltime: str | None = Field(
+        default=None,
+        pattern=r"^(\d+-)?\d{1,2}:\d{2}:\d{2}$",
+        description="Walltime of its worker jobs ([D-]HH:MM:SS), at most the site's; the site's if omitted.",
+    )
+    prewarm: list[PrewarmWindow] = Field(default_factory=list, description="Times it is kept hot anyway.")
+
+    def model_post_init(self, context: Any, /) -> None:
+        for cluster, count in self.min_hot.items():
+            if count < 0:
+                raise ValueError(f"min_hot.{cluster} must be >= 0")
+        if sum(self.min_hot.values()) > self.max_replicas:
+            raise ValueError("min_hot adds up to more than max_replicas")
 
 
 class Settings(BaseSettings):
@@ -391,6 +497,7 @@ class Settings(BaseSettings):
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)
     status_page: StatusPageSettings = Field(default_factory=StatusPageSettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     clusters: dict[str, ClusterSettings] = Field(default_factory=dict)
     models: dict[str, ModelSettings] = Field(default_factory=dict)
 
@@ -409,6 +516,11 @@ class Settings(BaseSettings):
             for cluster in model.clusters or ():
                 if cluster not in self.clusters:
                     raise ValueError(f"models.{name}.clusters names unknown cluster {cluster!r}")
+            for cluster in model.min_hot:
+                if cluster not in self.clusters:
+                    raise ValueError(f"models.{name}.min_hot names unknown cluster {cluster!r}")
+                if model.clusters is not None and cluster not in model.clusters:
+                    raise ValueError(f"models.{name}.min_hot names cluster {cluster!r}, not in its clusters")
 
     @classmethod
     def settings_customise_sources(
@@ -497,8 +609,10 @@ __all__ = [
     "LimitsSettings",
     "ModelSettings",
     "PolicySettings",
+    "PrewarmWindow",
     "RedisSettings",
     "RelaySettings",
+    "SchedulerSettings",
     "ServerSettings",
     "Settings",
     "StaticKey",

@@ -198,6 +198,39 @@ class GatewayMetrics:
             "Usage records waiting to be written.",
             registry=r,
         )
+        self.site_up = Gauge(
+            "hearth_site_up",
+            "1 when the cluster's site answered its last status (discover_workers), 0 when it did not "
+            "(Globus Compute endpoint or slurmctld down): its workers are then tried after other "
+            "clusters'. Read at scrape time.",
+            ["cluster"],
+            registry=r,
+        )
+        self.scheduler_leader = Gauge(
+            "hearth_scheduler_leader",
+            "1 while this replica is the hot-node scheduler's leader (decides how many workers run).",
+            registry=r,
+        )
+        self.scheduler_decisions = Counter(
+            "hearth_scheduler_decisions",
+            "Scheduler decisions carried out, by action (start, drain, renew) and reason_kind "
+            "(demand, min_hot, prewarm, idle, walltime, replaced).",
+            ["model", "cluster", "action", "reason_kind"],
+            registry=r,
+        )
+        self.scheduler_desired = Gauge(
+            "hearth_scheduler_desired_workers",
+            "Workers the scheduler's leader wants for a model, all clusters together (leader only).",
+            ["model"],
+            registry=r,
+        )
+        self.scheduler_demand = Gauge(
+            "hearth_scheduler_demand",
+            "Moving average of a model's demand (requests in flight and waiting, all replicas and "
+            "engine queues) that the scheduler's leader decides from (leader only).",
+            ["model"],
+            registry=r,
+        )
 
     def child(self, metric: MetricT, *labels: str) -> MetricT:
         """`metric.labels(*labels)`, memoised: prometheus_client's lookup takes a lock each time."""
@@ -215,6 +248,7 @@ class GatewayMetrics:
         model_status: Iterable[Mapping[str, Any]],
         usage_pending: int,
         usage_dropped: int,
+        sites_up: Mapping[str, bool] | None = None,
     ) -> None:
         """Set the gauges that describe now, before a scrape.
 
@@ -224,6 +258,8 @@ class GatewayMetrics:
         """
         self.usage_pending.set(usage_pending)
         self.usage_dropped.set(usage_dropped)
+        for cluster, up in (sites_up or {}).items():
+            self.site_up.labels(cluster).set(int(up))
         for (model, upstream), n in in_flight.items():
             self.in_flight.labels(model, upstream).set(n)
         self.workers.clear()

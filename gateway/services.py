@@ -29,8 +29,13 @@ from gateway.relay.direct import DirectRelay
 from gateway.relay.dispatch import Dispatcher
 from gateway.routing.catalogue import Catalogue, ModelRule, UpstreamSource
 from gateway.routing.coldstart import ColdStarts
+from gateway.routing.demand import DemandBoard, GatewayDemand
+from gateway.routing.leader import LeaderLease, new_holder_id
+from gateway.routing.load import DirectLoadPoller, LoadBoard
 from gateway.routing.router import Router
+from gateway.routing.scheduler import Scheduler
 from gateway.routing.sites import SiteDirectory
+from gateway.routing.startup import StartupClock
 from gateway.store.audit import AuditLog
 from gateway.store.batches import BatchStore
 from gateway.store.database import Database
@@ -64,6 +69,9 @@ class Services:
     batches: BatchStore
     batch_runner: BatchRunner
     cold_starts: ColdStarts
+    startup_clock: StartupClock
+    load_poller: DirectLoadPoller
+    scheduler: Scheduler
     globus: GlobusAuth | None = None
     sites: list[SiteDirectory] = field(default_factory=list)
     tracing: Tracing | None = None
@@ -102,18 +110,34 @@ class Services:
             else LocalStreamBridge(idle_timeout_s=bridge_idle_s)
         )
         relay = ClusterRelays(compute_relays(settings, bridge), default=direct)
+        # The engines' load: read by the gateway from `direct` upstreams, reported by the sites
+        # (with their status, every discovery interval) for compute clusters.
+        board = LoadBoard(stale_after_s=3 * r.load_poll_s, stall_after_s=r.stall_after_s)
         directories = [
             SiteDirectory(
                 name,
                 compute,
                 settings.clusters[name].compute.site_config,
                 start_workers=settings.clusters[name].compute.start_workers,
+                priority=settings.clusters[name].priority,
+                board=board,
+                load_max_age_s=3 * r.discovery_interval_s,
             )
             for name, compute in relay.by_cluster.items()
             if isinstance(compute, ComputeRelay) and settings.clusters[name].compute.discover_workers
         ]
         catalogue = Catalogue(upstream_sources(settings), relay, model_rules(settings), directories)
-        router = Router(catalogue, cooldown_s=r.failure_cooldown_s)
+        router = Router(
+            catalogue, cooldown_s=r.failure_cooldown_s, board=board, prefix_affinity=r.prefix_affinity
+        )
+        direct_upstreams = [
+            s.upstream
+            for s in upstream_sources(settings)
+            if settings.clusters[s.upstream.cluster].relay == "direct"
+        ]
+        load_poller = DirectLoadPoller(
+            board, lambda: direct_upstreams, interval_s=r.load_poll_s, timeout_s=min(1.0, r.load_poll_s / 2)
+        )
         # A lease outlives the longest request, so a replica that dies frees its slots in time.
         limiter = Limiter(settings.limits, client, metrics, lease_ttl_s=r.request_timeout_s + 60.0)
         tracing = build_tracing(settings.tracing)
@@ -127,11 +151,22 @@ class Services:
         files = FileStore(db, settings.batch.files_dir)
         batches = BatchStore(db)
         batch_runner = build_runner(settings, batches, files, dispatcher, catalogue, relay, directories)
-        cold_starts = ColdStarts(catalogue, directories)
+        clock = StartupClock(default_load_s=r.cold_start_estimate_s)
+        catalogue.observe_status(clock.observe)
+        walltimes = {name: m.walltime for name, m in settings.models.items() if m.walltime}
+        cold_starts = ColdStarts(catalogue, directories, clock=clock, walltimes=walltimes)
+        holder = new_holder_id()
+        sc = settings.scheduler
+        scheduler = Scheduler(
+            settings, directories, GatewayDemand(router.in_flight_by_deployment, cold_starts.waiting),
+            DemandBoard(client, holder, ttl_s=3 * sc.interval_s),
+            LeaderLease(client, "hearth:scheduler:leader", sc.leader_ttl_s, holder), metrics,
+            catalogue.refresh,
+        )  # fmt: skip
         return cls(
             settings, db, keys, usage, relay, bridge, catalogue, router, dispatcher, auth, metrics, client,
-            audit, limiter, rollups, files, batches, batch_runner, cold_starts, globus, sites=directories,
-            tracing=tracing,
+            audit, limiter, rollups, files, batches, batch_runner, cold_starts, clock, load_poller, scheduler,
+            globus, sites=directories, tracing=tracing,
         )  # fmt: skip
 
     async def start(self) -> None:
@@ -151,6 +186,8 @@ class Services:
         )
         self._tasks.append(asyncio.create_task(self.rollups.run(), name="hearth-usage-rollups"))
         self._tasks.append(asyncio.create_task(self.batch_runner.run(), name="hearth-batch-runner"))
+        self._tasks.append(asyncio.create_task(self.load_poller.run(), name="hearth-engine-load"))
+        self._tasks.append(asyncio.create_task(self.scheduler.run(), name="hearth-scheduler"))
         # Everything built so far lives as long as the process: keep it out of the cyclic
         # garbage collector's full passes, which otherwise stall the event loop for tens of ms.
         gc.freeze()
@@ -164,6 +201,7 @@ class Services:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.load_poller.close()
         await self.limiter.drain()
         await self.usage.stop()
         await self.audit.stop()

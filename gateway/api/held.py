@@ -1,7 +1,7 @@
 """A streaming response held open while a cold model starts (see gateway.routing.coldstart).
 
 It sends an SSE comment every `relay.keepalive_s` — ``: hearth cold-start model=M cluster=C
-state=pending waited=12s`` — which SSE clients (the OpenAI SDK included) ignore and proxies
+state=pending waited=12s estimated_wait=95s`` — which SSE clients (the OpenAI SDK included) ignore and proxies
 take as traffic, then the model's stream as usual once a worker is READY. If the model does
 not start in time, the stream ends with an error event and ``[DONE]``.
 """
@@ -41,9 +41,10 @@ class HeldStream:
             await asyncio.wait({getter, self._waiting}, return_when=asyncio.FIRST_COMPLETED)
             if getter.done():
                 p = getter.result()
+                estimate = "unknown" if p.estimate_s is None else f"{int(p.estimate_s)}s"
                 yield (
                     f": hearth cold-start model={self._model} cluster={p.cluster} state={p.state} "
-                    f"waited={int(p.waited_s)}s\n\n"
+                    f"waited={int(p.waited_s)}s estimated_wait={estimate}\n\n"
                 ).encode()
             else:
                 getter.cancel()

@@ -38,6 +38,7 @@ async def status(principal: CurrentPrincipal, services: ServicesDep) -> Response
         services.sites,
         may_use=principal.may_use,
         may_use_cluster=principal.may_use_cluster,
+        clock=services.startup_clock,
     )
     return Response(orjson.dumps({"object": "status", "models": models}), media_type="application/json")
 
@@ -52,5 +53,6 @@ async def metrics(services: ServicesDep) -> Response:
         model_status=model_status(services.catalogue, services.router, services.sites),
         usage_pending=services.usage.pending,
         usage_dropped=services.usage.dropped,
+        sites_up={s.cluster: s.cluster not in services.catalogue.down_clusters for s in services.sites},
     )
     return Response(m.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -170,7 +170,9 @@ class StatusPage:
         async with self._lock:
             if self._cached is not None and self._clock() - self._cached[0] < self.ttl_s:
                 return self._cached[1]
-            live = model_status(services.catalogue, services.router, services.sites)
+            live = model_status(
+                services.catalogue, services.router, services.sites, clock=services.startup_clock
+            )
             try:
                 traffic: list[TrafficRow] | None = await asyncio.wait_for(
                     recent_traffic(services.db, minutes=WINDOW_MINUTES), TRAFFIC_TIMEOUT_S

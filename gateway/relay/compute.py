@@ -211,13 +211,30 @@ class ComputeRelay(Relay):
         _raise_failure(where, result)
         return result
 
-    async def start_worker(self, cluster: str, site_config: str | None, model: str) -> dict[str, Any]:
-        """Ask the site to start a worker for `model` (a Slurm job); its view, PENDING at first."""
+    async def start_worker(
+        self, cluster: str, site_config: str | None, model: str, *, walltime: str | None = None
+    ) -> dict[str, Any]:
+        """Ask the site to start a worker for `model` (a Slurm job); its view, PENDING at first.
+        `walltime` ([D-]HH:MM:SS) asks for a shorter job than the site's own for the model."""
         req: SiteRequest = {"version": FUNCTIONS_VERSION, "model": model}
+        if walltime:
+            req["walltime"] = walltime
+        return await self._worker_call(cluster, site_config, "start_worker", req)
+
+    async def stop_worker(
+        self, cluster: str, site_config: str | None, worker_id: str, *, drain: bool = True
+    ) -> dict[str, Any]:
+        """Ask the site to drain (finish what runs, then stop) or cancel one of its workers."""
+        req: SiteRequest = {"version": FUNCTIONS_VERSION, "worker_id": worker_id, "drain": drain}
+        return await self._worker_call(cluster, site_config, "stop_worker", req)
+
+    async def _worker_call(
+        self, cluster: str, site_config: str | None, function: str, req: SiteRequest
+    ) -> dict[str, Any]:
         if site_config:
             req["site_config"] = site_config
         where = Upstream(name=f"{cluster}/site", cluster=cluster, base_url="")
-        result = await self._call(where, "start_worker", req, _TASK_MARGIN_S)
+        result = await self._call(where, function, req, _TASK_MARGIN_S)
         _raise_failure(where, result)
         worker: dict[str, Any] = result["worker"]
         return worker

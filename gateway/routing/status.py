@@ -2,7 +2,8 @@
 
 From the catalogue (the upstreams serving each model), the router (which failed recently, what
 is in flight) and, for clusters that discover workers, what the site said at the last refresh
-(workers starting or queued, models it can start). GET /v1/status and `hearth models` show it.
+(workers starting or queued, models it can start), with the estimated wait of each model that
+is not hot (`gateway.routing.startup`). GET /v1/status and `hearth models` show it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 from gateway.routing.catalogue import Catalogue
 from gateway.routing.router import Router
 from gateway.routing.sites import SiteDirectory
+from gateway.routing.startup import StartupClock
 
 
 @dataclass
@@ -24,6 +26,7 @@ class ClusterState:
     starting: int = 0  # workers whose engine is loading
     queued: int = 0  # worker jobs waiting in the scheduler's queue
     in_flight: int = 0
+    estimated_wait_s: float | None = None  # until a worker could answer; 0 when hot, None: unknown
 
 
 def model_status(
@@ -33,6 +36,7 @@ def model_status(
     *,
     may_use: Callable[[str], bool] | None = None,
     may_use_cluster: Callable[[str], bool] | None = None,
+    clock: StartupClock | None = None,
 ) -> list[dict[str, Any]]:
     """One entry per model the caller may use: the clusters they may use, each with state and counts."""
     table: dict[str, dict[str, ClusterState]] = {}
@@ -49,15 +53,19 @@ def model_status(
             entry.in_flight += router.in_flight(name)
             if not router.cooling(name):
                 entry.ready += 1
+    served_at: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}  # (model, cluster) -> site's view
     for site in sites:
         if may_use_cluster is not None and not may_use_cluster(site.cluster):
             continue
         status = site.last_status or {}
-        for model in status.get("models", []):
-            if may_use is None or may_use(model):
-                table.setdefault(model, {}).setdefault(site.cluster, ClusterState(site.cluster, "cold"))
+        for served in status.get("models", []):
+            public = catalogue.public_name(str(served), site.cluster)
+            if public is not None and (may_use is None or may_use(public)):
+                table.setdefault(public, {}).setdefault(site.cluster, ClusterState(site.cluster, "cold"))
+                served_at[(public, site.cluster)] = (str(served), status)
         for worker in status.get("workers", []):
-            found = table.get(worker.get("model"), {}).get(site.cluster)
+            public = catalogue.public_name(str(worker.get("model")), site.cluster)
+            found = table.get(public, {}).get(site.cluster) if public is not None else None
             if found is None:
                 continue
             if worker.get("state") == "starting":
@@ -70,10 +78,14 @@ def model_status(
         for entry in sorted(table[model].values(), key=lambda e: e.cluster):
             if entry.ready:
                 entry.state = "hot"
+                entry.estimated_wait_s = 0.0
             elif entry.starting:
                 entry.state = "starting"
             elif entry.queued:
                 entry.state = "queued"
+            site_view = served_at.get((model, entry.cluster))
+            if not entry.ready and clock is not None and site_view is not None:
+                entry.estimated_wait_s = clock.estimate(entry.cluster, site_view[0], site_view[1])
             clusters.append(asdict(entry))
         out.append({"model": model, "clusters": clusters})
     return out
