@@ -188,12 +188,15 @@ def models(
     except (urllib.error.URLError, OSError) as exc:
         err.print(f"[red]Cannot reach {escape(url)}: {escape(str(exc))}[/red]")
         raise typer.Exit(1) from None
-    table = Table("model", "cluster", "state", "ready", "starting", "queued", "in flight", "est. wait")
+    table = Table(
+        "model", "cluster", "state", "ready", "starting", "queued", "in flight", "waiting", "est. wait"
+    )
     for model in data.get("models", []):
         for c in model["clusters"]:
             table.add_row(
                 Text(model["model"]), Text(c["cluster"]), c["state"], str(c["ready"]), str(c["starting"]),
-                str(c["queued"]), str(c["in_flight"]), _wait_text(c.get("estimated_wait_s"), c["state"]),
+                str(c["queued"]), str(c["in_flight"]), str(c.get("queue_depth", 0)),
+                _wait_text(c.get("estimated_wait_s"), c["state"]),
             )  # fmt: skip
     out.print(table)
 

@@ -25,7 +25,8 @@ class ClusterState:
     ready: int = 0  # upstreams taking requests now
     starting: int = 0  # workers whose engine is loading
     queued: int = 0  # worker jobs waiting in the scheduler's queue
-    in_flight: int = 0
+    in_flight: int = 0  # requests this replica has at its workers
+    queue_depth: int = 0  # requests waiting in its engines' queues (all replicas'), from their metrics
     estimated_wait_s: float | None = None  # until a worker could answer; 0 when hot, None: unknown
 
 
@@ -51,6 +52,9 @@ def model_status(
             )
             name = dep.upstream.name
             entry.in_flight += router.in_flight(name)
+            sample = router.board.fresh(name) if router.board is not None else None
+            if sample is not None:
+                entry.queue_depth += sample.load["waiting"]
             if not router.cooling(name):
                 entry.ready += 1
     served_at: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}  # (model, cluster) -> site's view

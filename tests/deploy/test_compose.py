@@ -53,6 +53,11 @@ METRICS: dict[str, set[str]] = {
     "hearth_auth_decisions_total": {"method", "outcome"},
     "hearth_usage_records_pending": set(),
     "hearth_usage_records_dropped": set(),
+    "hearth_site_up": {"cluster"},
+    "hearth_scheduler_leader": set(),
+    "hearth_scheduler_decisions_total": {"model", "cluster", "action", "reason_kind"},
+    "hearth_scheduler_desired_workers": {"model"},
+    "hearth_scheduler_demand": {"model"},
 }
 PROMETHEUS_OWN: dict[str, set[str]] = {"up": set()}
 TARGET_LABELS = {"job", "instance"}  # added by Prometheus to every scraped series

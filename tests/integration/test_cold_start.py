@@ -4,6 +4,7 @@ the worker (the sim engine) when the model is first asked for."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -54,6 +55,17 @@ def gateway(slurm_cluster: SlurmCluster, logs: Path, tmp_path: Path) -> Iterator
     gw = cold_gateway(slurm_cluster, logs, tmp_path, cold_start_wait_s=120, keepalive_s=1)
     yield gw
     gw.stop()
+    cancel_workers(slurm_cluster)
+
+
+def cancel_workers(slurm: SlurmCluster) -> None:
+    """Cancel the workers these tests started: they would hold the session cluster's CPUs."""
+    out = subprocess.run(
+        ["squeue", "--noheader", "--format=%i %j"], env=slurm.env, capture_output=True, text=True
+    ).stdout
+    for job_id, name in (line.split(maxsplit=1) for line in out.splitlines() if line.strip()):
+        if "-cold-" in name:
+            subprocess.run(["scancel", job_id], env=slurm.env, check=False)
 
 
 def states(gw: Gateway) -> dict[str, str]:
@@ -120,3 +132,4 @@ def test_not_started_in_time_is_503_with_retry_after(
         assert "/v1/status" in error["message"]
     finally:
         gw.stop()
+        cancel_workers(slurm_cluster)

@@ -67,6 +67,8 @@ def fed(
     slurm_clusters: tuple[SlurmCluster, SlurmCluster], logs: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Federation]:
     a, b = slurm_clusters
+    for cluster in (a, b):  # a clean slate: earlier tests' workers would take the nodes' CPUs
+        cancel_all(cluster)
     root = tmp_path_factory.mktemp("fed")
     sites = {A: write_site(a, root / "site-a"), B: write_site(b, root / "site-b")}
     clusters = {
@@ -91,7 +93,19 @@ def fed(
         gw.stop()
         for cluster in (a, b):
             cluster.start_controller()
-            subprocess.run(["scancel", "--quiet", "--user=root"], env=cluster.env, check=False)
+            cancel_all(cluster)
+
+
+def cancel_all(cluster: SlurmCluster) -> None:
+    subprocess.run(["scancel", "--quiet", "--user=root"], env=cluster.env, check=False)
+    deadline = time.monotonic() + 30
+    while (
+        time.monotonic() < deadline
+        and subprocess.run(
+            ["squeue", "--noheader", "--format=%i"], env=cluster.env, capture_output=True, text=True
+        ).stdout.strip()
+    ):
+        time.sleep(0.2)
 
 
 # -- what the gateway says ---------------------------------------------------------------------
