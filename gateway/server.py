@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 
 import uvicorn
@@ -13,12 +14,17 @@ from gateway.logs import configure_logging
 
 def serve(settings: Settings) -> None:
     configure_logging(settings.server.log_level)
+    http: type[asyncio.Protocol] | str = "h11"
+    if importlib.util.find_spec("httptools"):
+        from gateway.coalesce import CoalescingHttpToolsProtocol
+
+        http = CoalescingHttpToolsProtocol  # one write per response (gateway/coalesce.py)
     config = uvicorn.Config(
         create_app(settings),
         host=settings.server.host,
         port=settings.server.port,
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        http=http,
         access_log=False,  # the gateway writes its own JSON access log
         log_config=None,
         lifespan="on",
