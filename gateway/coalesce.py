@@ -1,17 +1,18 @@
-"""One socket write per response where uvicorn would make two.
+"""One socket write per non-streaming response where uvicorn would make two.
 
 uvicorn's HTTP/1.1 protocol writes a response's status line and headers as soon as the app
 sends ``http.response.start``, and the body with the following ``http.response.body``: two
-send(2) calls and two TCP segments for every non-streaming answer, so the client wakes up twice
-too. On a login node where the load generator, the gateway and the engine share two cores,
-that second write is a measurable share of the whole request (docs/performance.md).
+send(2) calls and two TCP segments for every JSON answer, so the client wakes up twice too. On
+a login node where the load generator, the gateway and the engine share two cores, that second
+write is a measurable share of the whole request (docs/performance.md).
 
-`CoalescingHttpToolsProtocol` gives uvicorn a transport that keeps the bytes written during one
-turn of the event loop and sends them together at the end of that turn (``loop.call_soon``).
-Headers and body sent back to back go out as one segment; a stream's events, written in
-separate turns, still go out as they come, delayed by no more than the rest of the turn.
-Everything else (closing, flow control, extra info) goes straight to the real transport, with
-any pending bytes flushed before a close.
+`CoalescingHttpToolsProtocol` gives uvicorn a transport that can hold one write back: the
+request middleware (``gateway.middleware``) asks it to, through the ASGI scope's
+``extensions["hearth.hold_head"]``, just before it passes on the start of a response that has a
+Content-Length (a whole body follows at once). The held head then leaves together with the
+body's write, immediately, in the same send(2). Streams (chunked) are not held: their head goes
+out at once, as before. Everything else (closing, flow control, extra info) goes straight to
+the real transport, with a held head sent before a close.
 """
 
 from __future__ import annotations
@@ -21,49 +22,45 @@ from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-__all__ = ["CoalescingHttpToolsProtocol", "CoalescingTransport"]
+from gateway.middleware import HOLD_HEAD
 
-_JOIN_BELOW = 64 * 1024  # smaller pending writes are joined into one buffer; larger go as a list
+__all__ = ["CoalescingHttpToolsProtocol", "CoalescingTransport"]
 
 
 class CoalescingTransport:
-    """A write transport that sends what is written in one loop turn as one write."""
+    """A write transport that can hold the next write back and send it with the one after."""
 
-    __slots__ = ("_loop", "_pending", "_scheduled", "_transport")
+    __slots__ = ("_held", "_hold", "_transport")
 
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, transport: asyncio.Transport) -> None:
         self._transport = transport
-        self._loop = loop
-        self._pending: list[bytes] = []
-        self._scheduled = False
+        self._hold = False
+        self._held: bytes | None = None
+
+    def hold_next(self) -> None:
+        """Keep the next write until the following one (or a close)."""
+        self._hold = True
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not data:
+        if self._held is not None:
+            data = self._held + bytes(data)
+            self._held = None
+        elif self._hold:
+            self._hold = False
+            self._held = bytes(data)
             return
-        self._pending.append(bytes(data))
-        if not self._scheduled:
-            self._scheduled = True
-            self._loop.call_soon(self.flush)
+        self._transport.write(data)
 
     def writelines(self, chunks: Any) -> None:
         for chunk in chunks:
             self.write(chunk)
 
     def flush(self) -> None:
-        """Send what is pending now (the end of the turn, or before a close)."""
-        self._scheduled = False
-        pending = self._pending
-        if not pending:
-            return
-        self._pending = []
-        if self._transport.is_closing():
-            return  # the peer is gone; asyncio would only warn about writing to it
-        if len(pending) == 1:
-            self._transport.write(pending[0])
-        elif sum(len(p) for p in pending) < _JOIN_BELOW:
-            self._transport.write(b"".join(pending))
-        else:
-            self._transport.writelines(pending)
+        """Send a held write now."""
+        self._hold = False
+        if self._held is not None:
+            held, self._held = self._held, None
+            self._transport.write(held)
 
     def close(self) -> None:
         self.flush()
@@ -74,7 +71,7 @@ class CoalescingTransport:
         self._transport.write_eof()
 
     def get_write_buffer_size(self) -> int:
-        return self._transport.get_write_buffer_size() + sum(len(p) for p in self._pending)
+        return self._transport.get_write_buffer_size() + len(self._held or b"")
 
     def __getattr__(self, name: str) -> Any:
         # is_closing, abort, get_extra_info, pause_reading, resume_reading, set_protocol ...
@@ -82,7 +79,14 @@ class CoalescingTransport:
 
 
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, writing through a `CoalescingTransport`."""
+    """uvicorn's httptools protocol, writing through a `CoalescingTransport` whose `hold_next`
+    each request's scope offers as ``extensions["hearth.hold_head"]``."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(cast(asyncio.Transport, CoalescingTransport(transport, self.loop)))
+        self._coalescing = CoalescingTransport(transport)
+        super().connection_made(cast(asyncio.Transport, self._coalescing))
+
+    def on_headers_complete(self) -> None:
+        extensions: dict[str, Any] = self.scope.setdefault("extensions", {})
+        extensions[HOLD_HEAD] = self._coalescing.hold_next
+        super().on_headers_complete()

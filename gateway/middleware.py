@@ -26,6 +26,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.errors import HearthError, RequestTooLarge
 from gateway.logs import AccessLog
 
+# The ASGI scope extension through which `gateway.coalesce` offers to hold a response's head
+# back until its body, so both leave in one write.
+HOLD_HEAD = "hearth.hold_head"
+
 if TYPE_CHECKING:
     from gateway.api.fastlane import FastLane
 
@@ -68,12 +72,17 @@ class RequestContextMiddleware:
         state["started"] = started
         rid_header = (b"x-request-id", request_id.encode())
         status = 500
+        # Served by `gateway.coalesce` (hearth serve): the head of a response with a Content-Length
+        # may wait for its body and leave in the same write (not for HEAD: no body comes).
+        hold_head = scope.get("extensions", {}).get(HOLD_HEAD) if scope["method"] != "HEAD" else None
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), rid_header]
+                headers = message["headers"] = [*message.get("headers", ()), rid_header]
+                if hold_head is not None and any(name.lower() == b"content-length" for name, _ in headers):
+                    hold_head()
             await send(message)
 
         try:

@@ -6,6 +6,7 @@ import asyncio
 import socket
 
 from gateway.coalesce import CoalescingTransport
+from tests.support.gateway import Gateway
 
 
 class Recorder(asyncio.Protocol):
@@ -48,7 +49,7 @@ async def connected() -> tuple[CoalescingTransport, CountingTransport, Recorder,
     port = server.sockets[0].getsockname()[1]
     transport, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port, family=socket.AF_INET)
     counting = CountingTransport(transport)
-    return CoalescingTransport(counting, loop), counting, recorder, server  # type: ignore[arg-type]
+    return CoalescingTransport(counting), counting, recorder, server  # type: ignore[arg-type]
 
 
 async def until(predicate: object, timeout: float = 5.0) -> None:
@@ -57,43 +58,54 @@ async def until(predicate: object, timeout: float = 5.0) -> None:
             await asyncio.sleep(0.01)
 
 
-async def test_writes_in_one_turn_leave_as_one() -> None:
+async def test_a_held_head_leaves_with_the_body_in_one_write() -> None:
     t, counting, recorder, server = await connected()
+    t.hold_next()
     t.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
-    t.write(b"")  # nothing to send: ignored
+    assert counting.writes == []  # held for the body
+    assert t.get_write_buffer_size() >= 30
     t.write(memoryview(b"ok"))
-    assert counting.writes == []  # held until the end of the turn
-    await asyncio.sleep(0)
     assert counting.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"]
-    await until(lambda: bytes(recorder.received).endswith(b"ok"))
+    t.write(b"next")  # nothing held any more: straight through
+    assert counting.writes[-1] == b"next"
+    await until(lambda: bytes(recorder.received).endswith(b"oknext"))
     t.close()
     server.close()
 
 
-async def test_writes_in_separate_turns_leave_separately_and_close_flushes() -> None:
+async def test_an_empty_body_still_sends_the_head_and_close_flushes() -> None:
     t, counting, recorder, server = await connected()
-    t.write(b"data: 1\n\n")
-    await asyncio.sleep(0)
-    t.writelines([b"data: 2\n\n", b"data: [DONE]\n\n"])
-    assert t.get_write_buffer_size() >= len(b"data: 2\n\ndata: [DONE]\n\n")
-    t.close()  # flushes what is pending first
-    assert counting.writes == [b"data: 1\n\n", b"data: 2\n\ndata: [DONE]\n\n"]
+    t.hold_next()
+    t.write(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+    t.write(b"")
+    assert counting.writes == [b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n"]
+    t.hold_next()
+    t.writelines([b"held", b"-then-sent"])
+    assert counting.writes[-1] == b"held-then-sent"
+    t.hold_next()
+    t.write(b"last words")
+    t.close()  # a head held when the app gives up still goes out before the close
+    assert counting.writes[-1] == b"last words"
     await until(recorder.closed.is_set)
-    assert bytes(recorder.received) == b"data: 1\n\ndata: 2\n\ndata: [DONE]\n\n"
+    assert bytes(recorder.received).endswith(b"held-then-sentlast words")
     assert t.is_closing()  # delegated to the real transport
     server.close()
 
 
-async def test_large_pending_writes_go_as_a_list_and_nothing_after_abort() -> None:
-    t, counting, recorder, server = await connected()
-    big = b"x" * 70_000
-    t.write(b"head")
-    t.write(big)
-    await asyncio.sleep(0)
-    assert counting.writes == [b"head" + big]  # one writelines call
-    await until(lambda: len(recorder.received) == 4 + len(big))
-    t.write(b"lost")
-    t.abort()
-    await asyncio.sleep(0)  # the scheduled flush finds the transport closing and drops it
-    assert len(counting.writes) == 1
-    server.close()
+async def test_through_a_real_gateway_process_the_answer_is_one_segment(gateway: Gateway) -> None:
+    """End to end: `hearth serve` answers a JSON request with head and body in one read."""
+    host, port = gateway.root.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+    await writer.drain()
+    first = await asyncio.wait_for(reader.read(65536), 5)
+    head, _, body = first.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    length = int(
+        next(v for k, v in (h.split(b": ", 1) for h in head.split(b"\r\n")[1:]) if k == b"content-length")
+    )
+    assert len(body) == length  # the body arrived with the head
+    writer.write(b"HEAD /health HTTP/1.1\r\nhost: x\r\n\r\n")  # no body follows: not held
+    await writer.drain()
+    assert (await asyncio.wait_for(reader.read(65536), 5)).startswith(b"HTTP/1.1 ")
+    writer.close()
