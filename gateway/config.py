@@ -285,6 +285,13 @@ class SchedulerSettings(_Section):
         description="How long the leader's lock lasts unrenewed (another replica takes over).",
     )
 
+    def model_post_init(self, context: Any, /) -> None:
+        if self.leader_ttl_s <= self.interval_s:
+            raise ValueError(
+                "scheduler.leader_ttl_s must be longer than scheduler.interval_s "
+                "(the leader renews its lock once per interval)"
+            )
+
 
 class TracingSettings(_Section):
     """OpenTelemetry tracing of inference requests (docs/admin/gateway.md#tracing)."""

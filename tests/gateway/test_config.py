@@ -178,6 +178,30 @@ def test_model_naming_an_unknown_cluster(tmp_path: Path) -> None:
     assert key == "(config)"
 
 
+def test_scaling_rules_are_checked(tmp_path: Path) -> None:
+    config = {**VALID, "models": {"m": {"min_hot": {"elsewhere": 1}}}}
+    ((_, reason),) = problems(write(tmp_path, config))
+    assert "min_hot names unknown cluster 'elsewhere'" in reason
+    config = {**VALID, "models": {"m": {"min_hot": {"polaris": 2}, "max_replicas": 1}}}
+    ((key, reason),) = problems(write(tmp_path, config))
+    assert key == "models.m"
+    assert "more than max_replicas" in reason
+    config = {**VALID, "models": {"m": {"prewarm": [{"start": "25:00", "end": "08:00"}]}}}
+    ((key, _),) = problems(write(tmp_path, config))
+    assert key == "models.m.prewarm.0.start"
+    config = {
+        **VALID,
+        "models": {"m": {"prewarm": [{"start": "08:00", "end": "18:00", "timezone": "Mars/Base"}]}},
+    }
+    ((key, reason),) = problems(write(tmp_path, config))
+    assert key == "models.m.prewarm.0.timezone"
+    assert "unknown time zone" in reason
+    config = {**VALID, "scheduler": {"interval_s": 30, "leader_ttl_s": 20}}
+    ((key, reason),) = problems(write(tmp_path, config))
+    assert key == "scheduler"
+    assert "leader_ttl_s must be longer than scheduler.interval_s" in reason
+
+
 @pytest.mark.parametrize(
     ("text", "reason"),
     [
