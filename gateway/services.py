@@ -158,8 +158,6 @@ class Services:
         holder = new_holder_id()
         sc = settings.scheduler
         scheduler = Scheduler(
-            # Requests held for a cold start are not demand here: they already drive that start,
-            # and counting them too would start a second worker before the first is in a status.
             settings, directories, GatewayDemand(router.in_flight_by_deployment),
             DemandBoard(client, holder, ttl_s=3 * sc.interval_s),
             LeaderLease(client, "hearth:scheduler:leader", sc.leader_ttl_s, holder), metrics,

@@ -55,12 +55,7 @@ class ColdStarts:
         self._clock = clock or StartupClock(default_load_s=120.0)
         self._starts: dict[str, asyncio.Task[None]] = {}
         self._state: dict[str, Progress] = {}
-        self._waiting: dict[str, int] = {}
         self._walltimes = walltimes or {}  # public model -> its worker jobs' walltime
-
-    def waiting(self) -> dict[str, int]:
-        """Requests held waiting for a cold start, by public model name (demand for the scheduler)."""
-        return {m: n for m, n in self._waiting.items() if n}
 
     def startable(self, model: str, may_use_cluster: Callable[[str], bool]) -> list[SiteDirectory]:
         """Sites that list `model` and may start it for this caller."""
@@ -91,23 +86,19 @@ class ColdStarts:
         if task is None or task.done():
             task = asyncio.ensure_future(self._start(model, served, list(sites)))
             self._starts[model] = task
-        self._waiting[model] = self._waiting.get(model, 0) + 1
-        try:
-            while not self._catalogue.deployments(model):
-                waited = time.monotonic() - started
-                if waited >= timeout_s or (task.done() and not self._catalogue.deployments(model)):
-                    return bool(self._catalogue.deployments(model))
-                if on_wait is not None:
-                    state = self._state.get(model)
-                    on_wait(
-                        Progress(state.cluster, state.state, waited, state.estimate_s)
-                        if state
-                        else Progress("", "pending", waited)
-                    )
-                await asyncio.wait({task}, timeout=min(tick_s, max(timeout_s - waited, 0.01)))
-            return True
-        finally:
-            self._waiting[model] -= 1
+        while not self._catalogue.deployments(model):
+            waited = time.monotonic() - started
+            if waited >= timeout_s or (task.done() and not self._catalogue.deployments(model)):
+                return bool(self._catalogue.deployments(model))
+            if on_wait is not None:
+                state = self._state.get(model)
+                on_wait(
+                    Progress(state.cluster, state.state, waited, state.estimate_s)
+                    if state
+                    else Progress("", "pending", waited)
+                )
+            await asyncio.wait({task}, timeout=min(tick_s, max(timeout_s - waited, 0.01)))
+        return True
 
     async def _start(self, model: str, served: str, sites: list[SiteDirectory]) -> None:
         started = time.monotonic()

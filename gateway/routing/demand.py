@@ -52,27 +52,19 @@ class DemandSource(Protocol):
 
 
 class GatewayDemand:
-    """A replica's demand: requests in flight at its router, plus requests held for a cold start.
+    """A replica's demand: the requests in flight at its router, by public model name.
 
-    `in_flight` is `Router.in_flight_by_deployment` ({(model, upstream): n}); `held` is
-    `ColdStarts.waiting` ({model: requests held until a worker for it is READY}). The two do not
-    overlap: a held request is dispatched (and counted in flight) only once a worker is READY.
+    `in_flight` is `Router.in_flight_by_deployment` ({(model, upstream): n}). Requests held for
+    a cold start are not counted: they already drive that start (`ColdStarts`), and counting
+    them too would have the scheduler start a second worker before the first shows in a status.
     """
 
-    def __init__(
-        self,
-        in_flight: Callable[[], Mapping[tuple[str, str], int]],
-        held: Callable[[], Mapping[str, int]] | None = None,
-    ) -> None:
+    def __init__(self, in_flight: Callable[[], Mapping[tuple[str, str], int]]) -> None:
         self._in_flight = in_flight
-        self._held = held
 
     def current(self) -> dict[str, float]:
         out: dict[str, float] = {}
         for (model, _upstream), n in self._in_flight().items():
-            if n > 0:
-                out[model] = out.get(model, 0.0) + n
-        for model, n in (self._held() if self._held is not None else {}).items():
             if n > 0:
                 out[model] = out.get(model, 0.0) + n
         return out
