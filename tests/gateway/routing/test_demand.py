@@ -30,11 +30,8 @@ async def prefix(redis_client: aioredis.Redis) -> AsyncIterator[str]:
         await redis_client.delete(*keys)
 
 
-def test_gateway_demand_sums_in_flight_per_model_and_adds_held_requests() -> None:
+def test_gateway_demand_sums_in_flight_per_model() -> None:
     in_flight = {("a", "c1/w1"): 2, ("a", "c2/w7"): 1, ("b", "c1/w2"): 0, ("d", "c1/w3"): 1}
-    held = {"a": 1, "c": 3}
-    demand = GatewayDemand(lambda: in_flight, held=lambda: held)
-    assert demand.current() == {"a": 4.0, "c": 3.0, "d": 1.0}
     assert GatewayDemand(lambda: in_flight).current() == {"a": 3.0, "d": 1.0}
 
 
