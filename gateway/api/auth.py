@@ -12,11 +12,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import Response
 
+from gateway.api.responses import json_response
 from gateway.auth.globus import CredentialRejected, GlobusUnavailable
 from gateway.deps import CurrentPrincipal, ServicesDep
 from gateway.errors import InvalidRequest, NotFound, PermissionDenied, ServiceUnavailable
@@ -34,10 +34,6 @@ class CreateKey(BaseModel):
     expires_at: int | None = Field(default=None, description="Unix seconds; null: never.")
 
 
-def _json(body: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
-
-
 @router.get("/v1/auth/config")
 async def auth_config(services: ServicesDep) -> Response:
     g = services.globus
@@ -49,14 +45,14 @@ async def auth_config(services: ServicesDep) -> Response:
             "scopes": [g.settings.required_scope],
             "required_policies": list(services.settings.auth.policy.required_policies),
         }
-    return _json({"object": "auth.config", "globus": globus})
+    return json_response({"object": "auth.config", "globus": globus})
 
 
 @router.get("/v1/whoami")
 async def whoami(principal: CurrentPrincipal, services: ServicesDep) -> Response:
     models = sorted(m for m, _ in services.catalogue.models() if principal.may_use(m))
     clusters = sorted(c for c in services.settings.clusters if principal.may_use_cluster(c))
-    return _json(
+    return json_response(
         {
             "object": "whoami",
             "id": principal.user,
@@ -122,7 +118,7 @@ async def create_key(request: Request, principal: CurrentPrincipal, services: Se
         groups_credential=sealed,
     )
     services.audit.log(principal.user, "key.create", "ok", target=info.id, detail=f"name={body.name!r}")
-    return _json({**_key_json(info), "key": plaintext}, status=201)
+    return json_response({**_key_json(info), "key": plaintext}, status=201)
 
 
 @router.get("/v1/keys")
@@ -132,7 +128,7 @@ async def list_keys(
     if all and not principal.is_admin:
         raise PermissionDenied("Only admins may list everyone's keys.", code="admin_required")
     keys = await services.keys.list(owner=None if all else principal.user, include_revoked=include_revoked)
-    return _json({"object": "list", "data": [_key_json(k) for k in keys]})
+    return json_response({"object": "list", "data": [_key_json(k) for k in keys]})
 
 
 @router.delete("/v1/keys/{key_id}")
@@ -143,7 +139,7 @@ async def revoke_key(key_id: str, principal: CurrentPrincipal, services: Service
     services.auth.forget(key_id)
     action = "key.revoke" if owner is not None else "admin.key.revoke"
     services.audit.log(principal.user, action, "ok", target=key_id)
-    return _json({"object": "api_key", "id": key_id, "deleted": True})
+    return json_response({"object": "api_key", "id": key_id, "deleted": True})
 
 
 def _bearer(request: Request) -> str:

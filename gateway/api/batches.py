@@ -7,12 +7,11 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Literal
 
-import orjson
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import Response
 
-from gateway.api.responses import list_page
+from gateway.api.responses import json_response, list_page
 from gateway.batch.principals import dump_principal
 from gateway.deps import CurrentPrincipal, ServicesDep
 from gateway.errors import InvalidRequest, NotFound, RateLimited
@@ -31,10 +30,6 @@ class CreateBatch(BaseModel):
     endpoint: Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
     completion_window: Literal["24h"]
     metadata: dict[str, Annotated[str, Field(max_length=512)]] | None = Field(default=None, max_length=16)
-
-
-def _json(body: object, status: int = 200) -> Response:
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
 def _not_found(batch_id: str) -> NotFound:
@@ -72,7 +67,7 @@ async def create(request: Request, principal: CurrentPrincipal, services: Servic
     )  # fmt: skip
     services.audit.log(principal.user, "batch.create", "ok", target=batch.id, detail=f"file={info.id}")
     services.batch_runner.wake()
-    return _json(batch_to_openai(batch))
+    return json_response(batch_to_openai(batch))
 
 
 @router.get("/v1/batches/{batch_id}")
@@ -80,7 +75,7 @@ async def retrieve(batch_id: str, principal: CurrentPrincipal, services: Service
     batch = await services.batches.get(batch_id, principal.user)
     if batch is None:
         raise _not_found(batch_id)
-    return _json(batch_to_openai(batch))
+    return json_response(batch_to_openai(batch))
 
 
 @router.get("/v1/batches")
@@ -91,7 +86,7 @@ async def list_batches(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> Response:
     batches = await services.batches.list(principal.user, after=after, limit=limit + 1)
-    return _json(list_page([batch_to_openai(b) for b in batches], limit))
+    return json_response(list_page([batch_to_openai(b) for b in batches], limit))
 
 
 @router.post("/v1/batches/{batch_id}/cancel")
@@ -100,4 +95,4 @@ async def cancel(batch_id: str, principal: CurrentPrincipal, services: ServicesD
     if batch is None:
         raise _not_found(batch_id)
     services.audit.log(principal.user, "batch.cancel", "ok", target=batch_id)
-    return _json(batch_to_openai(batch))
+    return json_response(batch_to_openai(batch))

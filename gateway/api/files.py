@@ -5,20 +5,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import orjson
 from fastapi import APIRouter, Query, Request
 from starlette.datastructures import UploadFile
 from starlette.responses import FileResponse, Response
 
-from gateway.api.responses import list_page
+from gateway.api.responses import json_response, list_page
 from gateway.deps import CurrentPrincipal, ServicesDep
 from gateway.errors import InvalidRequest, NotFound, RequestTooLarge
 
 router = APIRouter(tags=["files"])
-
-
-def _json(body: object, status: int = 200) -> Response:
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
 def _not_found(file_id: str) -> NotFound:
@@ -45,7 +40,7 @@ async def upload(request: Request, principal: CurrentPrincipal, services: Servic
         except ValueError:
             raise RequestTooLarge(f"The file is larger than the limit of {limit} bytes.") from None
     services.audit.log(principal.user, "file.create", "ok", target=info.id, detail=f"{info.bytes} bytes")
-    return _json(info.to_openai())
+    return json_response(info.to_openai())
 
 
 @router.get("/v1/files")
@@ -60,7 +55,7 @@ async def list_files(
     files = await services.files.list(
         principal.user, purpose=purpose, after=after, limit=limit + 1, order=order
     )
-    return _json(list_page([f.to_openai() for f in files], limit))
+    return json_response(list_page([f.to_openai() for f in files], limit))
 
 
 @router.get("/v1/files/{file_id}")
@@ -68,7 +63,7 @@ async def retrieve(file_id: str, principal: CurrentPrincipal, services: Services
     info = await services.files.get(file_id, principal.user)
     if info is None:
         raise _not_found(file_id)
-    return _json(info.to_openai())
+    return json_response(info.to_openai())
 
 
 @router.get("/v1/files/{file_id}/content")
@@ -85,4 +80,4 @@ async def content(file_id: str, principal: CurrentPrincipal, services: ServicesD
 async def delete(file_id: str, principal: CurrentPrincipal, services: ServicesDep) -> Response:
     if not await services.files.delete(file_id, principal.user):
         raise _not_found(file_id)
-    return _json({"id": file_id, "object": "file", "deleted": True})
+    return json_response({"id": file_id, "object": "file", "deleted": True})

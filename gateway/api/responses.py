@@ -1,5 +1,5 @@
-"""Response helpers shared by the routers: worker replies, SSE streams, and cancellation
-when the client disconnects (the gateway stops the worker's request too)."""
+"""Response helpers shared by the routers: JSON bodies, worker replies, SSE streams, and
+cancellation when the client disconnects (the gateway stops the worker's request too)."""
 
 from __future__ import annotations
 
@@ -26,12 +26,17 @@ class _Closable(AsyncIterable[bytes], Protocol):
     def aclose(self) -> Awaitable[None]: ...
 
 
+def json_response(body: object, status: int = 200) -> Response:
+    """`body` serialised with orjson as an application/json response."""
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
 def reply_response(reply: UpstreamReply) -> Response:
     """The worker's answer as is; a non-JSON error from it becomes an OpenAI error body."""
     if reply.status >= 400 and not _is_openai_error(reply.body):
         text = reply.body[:500].decode(errors="replace")
         err = UpstreamError(f"The worker rejected the request (HTTP {reply.status}): {text}")
-        return Response(orjson.dumps(err.body()), status_code=reply.status, media_type="application/json")
+        return json_response(err.body(), reply.status)
     return Response(reply.body, status_code=reply.status, media_type=reply.content_type)
 
 

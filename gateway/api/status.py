@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import orjson
 from fastapi import APIRouter
 from starlette.responses import Response
 
+from gateway.api.responses import json_response
 from gateway.deps import CurrentPrincipal, ServicesDep
 from gateway.routing.status import model_status
 
@@ -26,7 +26,7 @@ async def ready(services: ServicesDep) -> Response:
         checks["redis"] = await services.redis_ok()
     ok = all(checks.values())
     body = {"status": "ready" if ok else "not ready", "checks": checks}
-    return Response(orjson.dumps(body), status_code=200 if ok else 503, media_type="application/json")
+    return json_response(body, 200 if ok else 503)
 
 
 @router.get("/v1/status")
@@ -40,7 +40,7 @@ async def status(principal: CurrentPrincipal, services: ServicesDep) -> Response
         may_use_cluster=principal.may_use_cluster,
         clock=services.startup_clock,
     )
-    return Response(orjson.dumps({"object": "status", "models": models}), media_type="application/json")
+    return json_response({"object": "status", "models": models})
 
 
 @router.get("/metrics")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import orjson
 from fastapi import APIRouter, Query
 from starlette.responses import Response
 
+from gateway.api.responses import json_response
 from gateway.deps import CurrentPrincipal, ServicesDep
 from gateway.durations import parse_duration
 from gateway.errors import InvalidRequest, PermissionDenied
@@ -52,7 +52,7 @@ async def usage(
         for row in rows
     ]
     body = {"object": "list", "since": int(start.timestamp()), "by": groupings, "user": who, "data": data}
-    return Response(orjson.dumps(body), media_type="application/json")
+    return json_response(body)
 
 
 def _g(name: str) -> Grouping:
