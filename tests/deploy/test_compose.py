@@ -20,6 +20,7 @@ import yaml
 
 from gateway.config import ServerSettings, load_settings
 from gateway.metrics import GatewayMetrics
+from tests.support.dashboard_metrics import DASHBOARD_METRICS
 from tests.support.nginx import nginx_test
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,29 +37,9 @@ GATEWAYS = ("gateway-1", "gateway-2")
 SERVE = ["hearth", "serve", "--config", "/etc/hearth/hearth.yaml"]
 PLACEHOLDER = "CHANGE-ME"
 
-# The gateway's metrics and their labels: what the dashboard and the alerts may query.
-# A histogram appears as its _bucket series (plus `le`); `up` is Prometheus's own.
-METRICS: dict[str, set[str]] = {
-    "hearth_requests_total": {"endpoint", "model", "cluster", "upstream", "status"},
-    "hearth_request_duration_seconds_bucket": {"endpoint", "model", "cluster"},
-    "hearth_time_to_first_token_seconds_bucket": {"model", "cluster"},
-    "hearth_inter_token_latency_seconds_bucket": {"model", "cluster"},
-    "hearth_tokens_total": {"model", "cluster", "kind"},
-    "hearth_requests_in_flight": {"model", "upstream"},
-    "hearth_queue_depth": {"model", "cluster"},
-    "hearth_workers": {"model", "cluster", "state"},
-    "hearth_limiter_rejections_total": {"limit", "scope"},
-    "hearth_limiter_degraded": set(),
-    "hearth_upstream_failures_total": {"upstream", "reason"},
-    "hearth_auth_decisions_total": {"method", "outcome"},
-    "hearth_usage_records_pending": set(),
-    "hearth_usage_records_dropped": set(),
-    "hearth_site_up": {"cluster"},
-    "hearth_scheduler_leader": set(),
-    "hearth_scheduler_decisions_total": {"model", "cluster", "action", "reason_kind"},
-    "hearth_scheduler_desired_workers": {"model"},
-    "hearth_scheduler_demand": {"model"},
-}
+# The gateway's metrics and their labels: what the dashboard and the alerts may query; `up` is
+# Prometheus's own.
+METRICS: dict[str, set[str]] = {name: set(labels) for name, labels in DASHBOARD_METRICS.items()}
 PROMETHEUS_OWN: dict[str, set[str]] = {"up": set()}
 TARGET_LABELS = {"job", "instance"}  # added by Prometheus to every scraped series
 

@@ -24,23 +24,12 @@ from gateway.relay.stream import ClientStream
 from gateway.routing.catalogue import Catalogue, UpstreamSource
 from gateway.routing.router import Router
 from tests.gateway.recording import RecordingUpstream, json_reply
+from tests.support.dashboard_metrics import DASHBOARD_METRICS
 
-# What deploy/grafana/hearth-dashboard.json and the alert rules query (tests/deploy/test_compose.py).
+# What deploy/grafana/hearth-dashboard.json and the alert rules query, as exported (with `le`).
 EXPORTED: dict[str, set[str]] = {
-    "hearth_requests_total": {"endpoint", "model", "cluster", "upstream", "status"},
-    "hearth_request_duration_seconds_bucket": {"endpoint", "model", "cluster", "le"},
-    "hearth_time_to_first_token_seconds_bucket": {"model", "cluster", "le"},
-    "hearth_inter_token_latency_seconds_bucket": {"model", "cluster", "le"},
-    "hearth_tokens_total": {"model", "cluster", "kind"},
-    "hearth_requests_in_flight": {"model", "upstream"},
-    "hearth_queue_depth": {"model", "cluster"},
-    "hearth_workers": {"model", "cluster", "state"},
-    "hearth_limiter_rejections_total": {"limit", "scope"},
-    "hearth_limiter_degraded": set(),
-    "hearth_upstream_failures_total": {"upstream", "reason"},
-    "hearth_auth_decisions_total": {"method", "outcome"},
-    "hearth_usage_records_pending": set(),
-    "hearth_usage_records_dropped": set(),
+    name: set(labels) | ({"le"} if name.endswith("_bucket") else set())
+    for name, labels in DASHBOARD_METRICS.items()
 }
 
 
@@ -95,6 +84,9 @@ def test_every_metric_is_exported_with_the_labels_the_dashboard_uses() -> None:
     m.child(m.upstream_failures, "c/0", "connect").inc()
     m.child(m.limiter_rejections, "requests", "user").inc()
     m.child(m.auth_decisions, "api_key", "allow").inc()
+    m.child(m.scheduler_decisions, "m", "c", "start", "demand").inc()
+    m.scheduler_desired.labels("m").set(2)
+    m.scheduler_demand.labels("m").set(9.5)
     status = [
         {"model": "m", "clusters": [{"cluster": "c", "state": "hot", "ready": 1, "starting": 0, "queued": 0}]}
     ]
@@ -104,6 +96,7 @@ def test_every_metric_is_exported_with_the_labels_the_dashboard_uses() -> None:
         model_status=status,
         usage_pending=0,
         usage_dropped=0,
+        sites_up={"c": True},
     )
     exported: dict[str, set[str]] = {}
     for name, labels in samples(m):

@@ -1,4 +1,5 @@
-"""Relay fixtures: a recording upstream on loopback and a DirectRelay with short timeouts."""
+"""Relay fixtures: a DirectRelay with short timeouts (the recording upstream `up` comes from
+tests/gateway/conftest.py)."""
 
 from __future__ import annotations
 
@@ -7,17 +8,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from gateway.relay.direct import DirectRelay
-from tests.gateway.recording import RecordingUpstream
 
 # Short enough that timeout tests are quick, long enough for a loaded CI machine.
 IDLE_TIMEOUT_S = 0.3
 REQUEST_TIMEOUT_S = 0.3
-
-
-@pytest.fixture
-async def up() -> AsyncIterator[RecordingUpstream]:
-    async with RecordingUpstream() as server:
-        yield server
 
 
 @pytest.fixture
