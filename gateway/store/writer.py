@@ -20,6 +20,7 @@ from collections import deque
 from typing import Any, Generic, Protocol, TypeVar
 
 from sqlalchemy import FromClause, insert
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 
 from gateway.store.database import Database
@@ -29,7 +30,7 @@ __all__ = ["BatchWriter"]
 log = logging.getLogger(__name__)
 
 _DROP_WARNING_EVERY_S = 60.0
-_SLICE_ROWS = 50  # rows per INSERT round trip: the loop is never held for more than ~0.3 ms
+_SLICE_ROWS = 250  # rows per executemany: the loop is never held for more than ~0.3 ms
 
 
 class _Row(Protocol):
@@ -62,8 +63,8 @@ class BatchWriter(Generic[R]):
         if flush_interval_s <= 0 or max_backoff_s <= 0:
             raise ValueError("flush_interval_s and max_backoff_s must be positive")
         self._db = db
-        # Core, not ORM, insert: one executemany per batch without the ORM's per-row bookkeeping.
-        self._insert_stmt = insert(table)  # type: ignore[arg-type]
+        self._table = table
+        self._insert: _DriverInsert | None = None  # compiled on first use, for the engine's dialect
         self._name = name
         self._batch_size = batch_size
         self._flush_interval_s = flush_interval_s
@@ -137,7 +138,7 @@ class BatchWriter(Generic[R]):
                         return
                     self._batch = [self._queue.popleft() for _ in range(take)]
                     remaining -= take
-                await self._insert(self._batch)
+                await self._write(self._batch)
                 self._written += len(self._batch)
                 self._batch = []
 
@@ -193,15 +194,45 @@ class BatchWriter(Generic[R]):
             if stopping:
                 return
 
-    async def _insert(self, batch: list[R]) -> None:
-        # SQLAlchemy's asyncio layer prepares the parameters on the event loop's thread (only the
-        # driver's calls are awaited): a whole batch at once would stall the loop for
-        # milliseconds, and every request in flight with it. In slices, the loop gets its turn
-        # at each slice's round trip to the driver; one transaction still holds the batch.
-        async with self._db.engine.begin() as conn:
+    async def _write(self, batch: list[R]) -> None:
+        # The statement goes to the driver as it is (`exec_driver_sql`): SQLAlchemy's per-row
+        # parameter processing ran on the event loop's thread and cost more CPU than the rest
+        # of a request's bookkeeping (docs/performance.md); the type conversions it would make
+        # are applied here, once per column that needs one. Slices keep the loop's share short
+        # (asyncpg encodes on the loop's thread); one transaction still holds the batch.
+        engine = self._db.engine
+        if self._insert is None:
+            self._insert = _DriverInsert(self._table, engine.dialect, tuple(batch[0].as_row()))
+        ins = self._insert
+        async with engine.begin() as conn:
             for start in range(0, len(batch), _SLICE_ROWS):
-                rows = [rec.as_row() for rec in batch[start : start + _SLICE_ROWS]]
-                await conn.execute(self._insert_stmt, rows)
+                rows = [ins.params(rec.as_row()) for rec in batch[start : start + _SLICE_ROWS]]
+                await conn.exec_driver_sql(ins.sql, rows)
+
+
+class _DriverInsert:
+    """An INSERT of some of a table's columns, compiled for one dialect, and the parameters
+    of a row as that dialect's driver takes them (SQLAlchemy's own bind processing, applied
+    only to the columns whose type has one, such as timestamps on SQLite)."""
+
+    def __init__(self, table: FromClause, dialect: Dialect, columns: tuple[str, ...]) -> None:
+        compiled = insert(table).compile(dialect=dialect, column_keys=list(columns))  # type: ignore[arg-type]
+        self.sql = str(compiled)
+        self.positional = bool(compiled.positional)
+        self.names: tuple[str, ...] = tuple(compiled.positiontup or ()) if self.positional else columns
+        processors = []
+        for name in self.names:
+            process = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+            if process is not None:
+                processors.append((name, process))
+        self._processors = tuple(processors)
+
+    def params(self, row: dict[str, Any]) -> tuple[Any, ...] | dict[str, Any]:
+        for name, process in self._processors:
+            row[name] = process(row[name])
+        if self.positional:
+            return tuple([row[name] for name in self.names])
+        return row
 
 
 async def _wait(event: asyncio.Event, timeout_s: float) -> None:
