@@ -13,6 +13,7 @@ from gateway.api.fastlane import FastLane
 from gateway.config import Settings
 from gateway.middleware import RequestContextMiddleware
 from gateway.services import Services
+from gateway.serving.lane import Lane
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -44,14 +45,18 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(batches.router)
     app.include_router(internal.router)
     errors.install(app)
+    fast_lane = FastLane(services)
     app.outer = RequestContextMiddleware(
         app.framework,
         max_body_bytes=settings.server.max_body_bytes,
         # A multipart upload carries the file plus its form framing.
         path_limits={"/v1/files": settings.batch.max_file_bytes + 64 * 1024},
         log_requests=settings.server.access_log,
-        fast_lane=FastLane(services),
+        fast_lane=fast_lane,
     )
+    # Served by `gateway.serving` (hearth serve): inference POSTs straight from the connection.
+    # With tracing on they go through the middleware, which holds the server span.
+    app.lane = Lane(app.outer, fast_lane) if services.tracing is None else None
     return app
 
 
@@ -63,6 +68,7 @@ class HearthApp(FastAPI):
     """
 
     outer: ASGIApp
+    lane: Lane | None = None
 
     async def framework(self, scope: Scope, receive: Receive, send: Send) -> None:
         await super().__call__(scope, receive, send)

@@ -6,6 +6,9 @@ send(2) calls and two TCP segments for every JSON answer, so the client wakes up
 a login node where the load generator, the gateway and the engine share two cores, that second
 write is a measurable share of the whole request (docs/performance.md).
 
+Under `hearth serve` the inference POSTs bypass this (the request lane, `gateway.serving`, writes
+each answer in one write itself); it serves every other route's JSON answers.
+
 `CoalescingHttpToolsProtocol` gives uvicorn a transport that can hold one write back: the
 request middleware (``gateway.middleware``) asks it to, through the ASGI scope's
 ``extensions["hearth.hold_head"]``, just before it passes on the start of a response that has a

@@ -58,18 +58,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        request_id = None
-        length = None
-        for name, value in scope["headers"]:
-            if name == b"x-request-id" and _SAFE_ID.match(value):
-                request_id = value.decode()
-            elif name == b"content-length":
-                length = value
-        if request_id is None:
-            request_id = os.urandom(16).hex()  # a random (v4-like) UUID in hex, without uuid4's cost
-        state = scope.setdefault("state", {})
-        state["request_id"] = request_id
-        state["started"] = started
+        request_id, length = self.identify(scope, started)
         rid_header = (b"x-request-id", request_id.encode())
         status = 500
         # Served by `gateway.coalesce` (hearth serve): the head of a response with a Content-Length
@@ -86,9 +75,9 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            limit = self.path_limits.get(scope["path"], self.max_body) if self.path_limits else self.max_body
+            limit = self.limit_for(scope["path"])
             if length is not None and (not length.isdigit() or int(length) > limit):
-                await _send_error(send_with_id, self._too_large(limit))
+                await _send_error(send_with_id, self.too_large(limit))
                 return
             app = self.fast_lane if self.fast_lane is not None and self.fast_lane.handles(scope) else self.app
             # A stream's events from a site (POST /internal/streams/…) last as long as the stream.
@@ -97,26 +86,51 @@ class RequestContextMiddleware:
             if self.tracing is not None and app is self.fast_lane:
                 traced = self.tracing.server_span(scope, request_id)
             try:
-                await app(scope, receive if unlimited else self._limited(receive, limit), send_with_id)
+                await app(scope, receive if unlimited else self.limited(receive, limit), send_with_id)
             finally:
                 if traced is not None:
                     traced.end(status)
         finally:
-            if self.access_log is not None:
-                self.access_log.write(
-                    {
-                        "request_id": request_id,
-                        "method": scope["method"],
-                        "path": scope["path"],
-                        "status": status,
-                        "duration_ms": round((time.perf_counter() - started) * 1e3, 3),
-                    },
-                )
+            self.log_request(scope, request_id, status, started)
 
-    def _too_large(self, limit: int) -> RequestTooLarge:
+    @staticmethod
+    def identify(scope: Scope, started: float) -> tuple[str, bytes | None]:
+        """The request's id and its declared Content-Length; the id and the arrival time go in
+        ``scope["state"]`` for the handlers."""
+        request_id = None
+        length = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id" and _SAFE_ID.match(value):
+                request_id = value.decode()
+            elif name == b"content-length":
+                length = value
+        if request_id is None:
+            request_id = os.urandom(16).hex()  # a random (v4-like) UUID in hex, without uuid4's cost
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        state["started"] = started
+        return request_id, length
+
+    def limit_for(self, path: str) -> int:
+        """The largest request body accepted on `path`."""
+        return self.path_limits.get(path, self.max_body) if self.path_limits else self.max_body
+
+    def log_request(self, scope: Scope, request_id: str, status: int, started: float) -> None:
+        if self.access_log is not None:
+            self.access_log.write(
+                {
+                    "request_id": request_id,
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status,
+                    "duration_ms": round((time.perf_counter() - started) * 1e3, 3),
+                },
+            )
+
+    def too_large(self, limit: int) -> RequestTooLarge:
         return RequestTooLarge(f"The request body is larger than the limit of {limit} bytes.")
 
-    def _limited(self, receive: Receive, limit: int) -> Receive:
+    def limited(self, receive: Receive, limit: int) -> Receive:
         """A receive that raises 413 once a chunked body passes the limit."""
         seen = 0
 
@@ -126,7 +140,7 @@ class RequestContextMiddleware:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise self._too_large(limit)
+                    raise self.too_large(limit)
             return message
 
         return limited

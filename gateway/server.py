@@ -16,9 +16,9 @@ def serve(settings: Settings) -> None:
     configure_logging(settings.server.log_level)
     http: type[asyncio.Protocol] | str = "h11"
     if importlib.util.find_spec("httptools"):
-        from gateway.coalesce import CoalescingHttpToolsProtocol
+        from gateway.serving.protocol import HearthHttpProtocol
 
-        http = CoalescingHttpToolsProtocol  # one write per response (gateway/coalesce.py)
+        http = HearthHttpProtocol  # inference POSTs served from the connection (gateway/serving)
     config = uvicorn.Config(
         create_app(settings),
         host=settings.server.host,

@@ -11,6 +11,7 @@ docs/performance.md). The routes stay declared in `gateway.api.openai`, which do
 from __future__ import annotations
 
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gateway.api.errors import error_response, internal_error_response
@@ -29,19 +30,25 @@ class FastLane:
         return scope["method"] == "POST" and scope["path"] in GENERATION_ROUTES
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive)
-        schema, endpoint = GENERATION_ROUTES[scope["path"]]
+        response = await self.answer(Request(scope, receive), receive)
+        if response is not None:
+            await response(scope, receive, send)
+
+    async def answer(self, request: Request, receive: Receive) -> Response | None:
+        """The response to an inference request whose body `receive` gives; None when the
+        client left before it was ready (nobody to answer). Also used by `gateway.serving`,
+        which writes the response straight to the connection."""
+        schema, endpoint = GENERATION_ROUTES[request.scope["path"]]
         try:
             principal = await self.services.auth.authenticate(request.headers.get("authorization"))
             body = await read_body(receive)
-            response = await generate(request, body, principal, self.services, schema, endpoint)
+            return await generate(request, body, principal, self.services, schema, endpoint)
         except ClientDisconnected:
-            return  # nobody to answer
+            return None
         except HearthError as exc:
-            response = error_response(exc)
+            return error_response(exc)
         except Exception:
-            response = internal_error_response(request)
-        await response(scope, receive, send)
+            return internal_error_response(request)
 
 
 async def read_body(receive: Receive) -> bytes:

@@ -57,6 +57,10 @@ async def _wait_disconnect(receive: Receive) -> None:
 # earlier is noticed at this point.
 WATCH_DISCONNECT_AFTER_S = 0.02
 
+# The ASGI scope extension of a request whose server (`gateway.serving`) cancels the request's
+# task itself when the client leaves: a callable saying whether it has left.
+CLIENT_LEFT = "hearth.client_left"
+
 
 async def cancel_on_disconnect(request: Request, work: Coroutine[Any, Any, T]) -> T:
     """Await `work`, cancelling it if the client disconnects first (like vLLM's with_cancellation).
@@ -66,6 +70,15 @@ async def cancel_on_disconnect(request: Request, work: Coroutine[Any, Any, T]) -
     """
     task = asyncio.current_task()
     assert task is not None
+    client_left = request.scope.get("extensions", {}).get(CLIENT_LEFT)
+    if client_left is not None:  # the server cancels this task if the client leaves
+        try:
+            return await work
+        except asyncio.CancelledError:
+            if client_left():
+                task.uncancel()
+                raise ClientDisconnected from None
+            raise
     loop = asyncio.get_running_loop()
     left = False
     watcher: asyncio.Task[None] | None = None

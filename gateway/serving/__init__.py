@@ -1,0 +1,1 @@
+"""Serving inference requests straight from uvicorn's connections (see `protocol`)."""
