@@ -89,8 +89,6 @@ class LaneCycle(RequestResponseCycle):
             await response.stream.aclose()
 
     def _head(self, status: int, headers: Headers, extra: Headers) -> bytes:
-        self.response_started = True
-        self.waiting_for_100_continue = False
         parts = [STATUS_LINE[status]]
         for name, value in (*self.default_headers, *headers, *extra):
             if b"\r" in value or b"\n" in value:
@@ -98,6 +96,8 @@ class LaneCycle(RequestResponseCycle):
             parts.append(b"%b: %b\r\n" % (name, value))
         if not self.keep_alive:
             parts.append(b"connection: close\r\n")
+        self.response_started = True  # only now: a bad header above still gets the 500
+        self.waiting_for_100_continue = False
         return b"".join(parts)
 
     def _complete(self) -> None:
