@@ -30,7 +30,9 @@ __all__ = ["BatchWriter"]
 log = logging.getLogger(__name__)
 
 _DROP_WARNING_EVERY_S = 60.0
-_SLICE_ROWS = 250  # rows per executemany: the loop is never held for more than ~0.3 ms
+# Rows per executemany: preparing them holds the loop ~0.3 ms on SQLite (its timestamp
+# formatting is most of it), ~0.15 ms on PostgreSQL.
+_SLICE_ROWS = 50
 
 
 class _Row(Protocol):
