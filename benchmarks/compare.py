@@ -19,6 +19,7 @@ import os
 import statistics
 import sys
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,19 +64,15 @@ async def measure(
         for t in [direct, *(t for _, t in gateways)]:
             for _ in range(200):
                 await timed_post(session, t, "chat/completions", CHAT)
+
+        def chat(t: Target) -> Callable[[], Awaitable[float]]:
+            return lambda: timed_post(session, t, "chat/completions", CHAT)
+
         for _ in range(rounds):
-            base.append(
-                (
-                    await closed_loop(
-                        lambda: timed_post(session, direct, "chat/completions", CHAT), 64, duration
-                    )
-                )["rps"]
-            )
+            base.append((await closed_loop(chat(direct), 64, duration))["rps"])
             for pid, t in gateways:
                 before = cpu_seconds(pid)
-                out = await closed_loop(
-                    lambda t=t: timed_post(session, t, "chat/completions", CHAT), 64, duration
-                )
+                out = await closed_loop(chat(t), 64, duration)
                 cpu_us = (cpu_seconds(pid) - before) / out["requests"] * 1e6
                 runs[t.name].append({"rps": out["rps"], "ratio": out["rps"] / base[-1], "cpu_us": cpu_us})
     return {"direct_rps": base, "gateways": runs}

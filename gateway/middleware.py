@@ -76,8 +76,8 @@ class RequestContextMiddleware:
 
         try:
             limit = self.limit_for(scope["path"])
-            if length is not None and (not length.isdigit() or int(length) > limit):
-                await _send_error(send_with_id, self.too_large(limit))
+            if (refusal := self.refuse_length(length, limit)) is not None:
+                await _send_error(send_with_id, refusal)
                 return
             app = self.fast_lane if self.fast_lane is not None and self.fast_lane.handles(scope) else self.app
             # A stream's events from a site (POST /internal/streams/…) last as long as the stream.
@@ -126,6 +126,12 @@ class RequestContextMiddleware:
                     "duration_ms": round((time.perf_counter() - started) * 1e3, 3),
                 },
             )
+
+    def refuse_length(self, length: bytes | None, limit: int) -> RequestTooLarge | None:
+        """The 413 for a declared Content-Length that is not a number or is over `limit`."""
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            return self.too_large(limit)
+        return None
 
     def too_large(self, limit: int) -> RequestTooLarge:
         return RequestTooLarge(f"The request body is larger than the limit of {limit} bytes.")

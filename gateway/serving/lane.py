@@ -42,8 +42,8 @@ class Lane:
         status = 499
         try:
             limit = context.limit_for(scope["path"])
-            if length is not None and (not length.isdigit() or int(length) > limit):
-                response = error_response(context.too_large(limit))
+            if (refusal := context.refuse_length(length, limit)) is not None:
+                response = error_response(refusal)
             else:
                 receive = cast(Receive, cycle.receive)
                 if length is None:  # chunked: counted as it comes
@@ -64,7 +64,6 @@ class Lane:
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()  # the client left (LaneCycle.client_left): nothing to send
-            status = 499
         finally:
             if cycle.disconnected and not cycle.response_complete:
                 status = 499
