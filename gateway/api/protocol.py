@@ -8,10 +8,12 @@ https://platform.openai.com/docs/api-reference/chat/create
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
+from gateway.api import quickcheck
 from gateway.errors import InvalidRequest
 
 
@@ -64,6 +66,9 @@ def validate(model: type[_Open], payload: Any) -> None:
     """Check `payload` against `model`; raise InvalidRequest naming the first bad field."""
     if not isinstance(payload, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_type")
+    quick = _QUICK.get(model)
+    if quick is not None and quick(payload):
+        return
     try:
         model.model_validate(payload)
     except ValidationError as exc:
@@ -101,3 +106,10 @@ _FIELDS = frozenset(
     )
     for name in m.model_fields
 )
+
+# The plain-Python yes for each schema's everyday bodies (gateway/api/quickcheck.py).
+_QUICK: dict[type[_Open], Callable[[dict[str, Any]], bool]] = {
+    ChatCompletionRequest: quickcheck.chat_ok,
+    CompletionRequest: quickcheck.completion_ok,
+    EmbeddingRequest: quickcheck.embedding_ok,
+}

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from gateway.api import quickcheck
 from gateway.api.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, validate
 from gateway.errors import InvalidRequest
 from tests.support.gateway import Gateway
@@ -163,7 +164,109 @@ def test_valid_requests_pass_and_keep_unknown_fields(
     assert parsed.model_dump(exclude_unset=True) == payload  # nested extras too
 
 
-# --- (c) dropping a required field --------------------------------------------------------
+# --- (c) the quick check: never more lenient than pydantic, and covers the everyday bodies --
+
+QUICK = {
+    "chat": quickcheck.chat_ok,
+    "completions": quickcheck.completion_ok,
+    "embeddings": quickcheck.embedding_ok,
+}
+
+
+def accepted(schema: Schema, payload: dict[str, Any]) -> bool:
+    try:
+        schema.model_validate(payload)
+    except ValueError:
+        return False
+    return True
+
+
+# Values at and just past the edges the schemas draw, for the quick check to get wrong.
+edge_values = (
+    st.sampled_from([0, 1, 2, 128, 129, -1, 0.0, 1.0, 2.0, 1.5, True, False, "5", "1.0", "", "robot", [], {}])
+    | st.sampled_from(["system", "developer", "user", "assistant", "tool", "function", "float", "base64"])
+    | st.integers(-3, 300)
+    | st.floats(-0.5, 2.5)
+    | st.sampled_from(
+        ["m" * 256, "m" * 257, {"type": 1}, {"text": "x"}, [{"text": "x"}], [{"type": None}], [1.0]]
+    )
+    | st.lists(st.integers(0, 3) | st.floats(0, 3) | st.text(max_size=2) | st.booleans(), max_size=3)
+)
+
+
+def fuzzed(valid: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """Mostly `valid`: a body with one or two edge values in it tests the quick check best."""
+    return st.sampled_from(range(8)).flatmap(lambda i: edge_values if i == 0 else valid)
+
+
+def fuzzy_body(required: dict[str, Any], optional: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
+    """Bodies whose every field, at every depth, may be valid or at an edge."""
+    return st.fixed_dictionaries(
+        {name: fuzzed(strategy) for name, strategy in required.items()},
+        optional={name: fuzzed(strategy) for name, strategy in optional.items()},
+    )
+
+
+fuzzy_parts = fuzzed(
+    fuzzy_body({"type": st.sampled_from(["text", "image_url"])}, {"text": st.text(max_size=5)})
+)
+fuzzy_messages = fuzzed(
+    fuzzy_body(
+        {"role": roles}, {"content": st.none() | st.text(max_size=5) | st.lists(fuzzy_parts, max_size=3)}
+    )
+)
+fuzzy_prompts = fuzzed(
+    prompts
+    | st.lists(fuzzed(st.integers(0, 5) | st.text(max_size=2)), max_size=3)
+    | st.lists(fuzzed(st.lists(fuzzed(st.integers(0, 5)), max_size=3)), max_size=3)
+)
+fuzzy_generation = {
+    **generation,
+    "stream_options": fuzzy_body({}, {"include_usage": st.booleans() | st.none()}),
+}
+fuzzy_requests = st.one_of(
+    fuzzy_body(
+        {"model": model_names, "messages": st.lists(fuzzy_messages, min_size=1, max_size=3)},
+        {**fuzzy_generation, "max_completion_tokens": st.integers(min_value=1)},
+    ).map(lambda b: ("chat", b)),
+    fuzzy_body({"model": model_names, "prompt": fuzzy_prompts}, fuzzy_generation).map(
+        lambda b: ("completions", b)
+    ),
+    fuzzy_body(
+        {"model": model_names, "input": fuzzy_prompts},
+        {
+            "encoding_format": st.sampled_from(["float", "base64"]),
+            "dimensions": st.integers(1),
+            "user": st.text(),
+        },
+    ).map(lambda b: ("embeddings", b)),
+)
+
+
+@given(valid_requests)
+@settings(max_examples=300, deadline=None)
+def test_quick_check_accepts_valid_requests(case: tuple[str, tuple[dict[str, Any], dict[str, Any]]]) -> None:
+    kind, (known, unknown) = case
+    assert QUICK[kind]({**known, **unknown})
+
+
+@given(fuzzy_requests)
+@example(("chat", {"model": "m", "messages": [{"role": "user"}], "model_config": {}, "__class__": 1}))
+@settings(max_examples=1500, deadline=None)
+def test_quick_check_is_never_more_lenient_than_pydantic(case: tuple[str, dict[str, Any]]) -> None:
+    kind, payload = case
+    if QUICK[kind](payload):
+        assert accepted(SCHEMAS[kind], payload), payload
+
+
+@given(kind=st.sampled_from(sorted(SCHEMAS)), payload=json_objects)
+@settings(max_examples=300, deadline=None)
+def test_quick_check_on_arbitrary_objects(kind: str, payload: dict[str, Any]) -> None:
+    if QUICK[kind](payload):
+        assert accepted(SCHEMAS[kind], payload), payload
+
+
+# --- (d) dropping a required field --------------------------------------------------------
 
 
 def required_paths(kind: str, payload: dict[str, Any]) -> list[tuple[str | int, ...]]:
@@ -234,7 +337,7 @@ def test_invalid_values_name_the_field(payload: dict[str, Any], param: str, code
     assert (info.value.param, info.value.error_code) == (param, code)
 
 
-# --- (d) the live gateway -----------------------------------------------------------------
+# --- (e) the live gateway -----------------------------------------------------------------
 
 
 def post(gateway: Gateway, body: bytes) -> httpx.Response:
