@@ -72,10 +72,10 @@ class DirectRelay(Relay):
         origin, target = self._target(upstream, call.path)
         headers = self._headers(upstream, call, _JSON)
         resp: Response | None = None
+        deadline = asyncio.get_running_loop().time() + self._request_timeout
         try:
-            async with asyncio.timeout(self._request_timeout):
-                resp = await self._pool.request("POST", origin, target, headers, call.body)
-                body = await resp.read()
+            resp = await self._pool.request("POST", origin, target, headers, call.body, deadline=deadline)
+            body = await resp.read()
         except ConnectError as exc:
             raise ConnectFailed(upstream, str(exc)) from exc
         except TimeoutError as exc:

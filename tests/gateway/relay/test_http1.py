@@ -12,6 +12,7 @@ from gateway.relay.http1 import (
     ConnectError,
     ConnectionLost,
     ConnectionPool,
+    DeadlineExceeded,
     Origin,
     ReadTimeout,
 )
@@ -202,6 +203,83 @@ async def test_read_timeout_and_connect_error() -> None:
     pool = ConnectionPool(connect_timeout=2)
     with pytest.raises(ConnectError, match="cannot connect"):
         await pool.request("GET", Origin("http", "127.0.0.1", free_port()), "/", {})
+
+
+async def fetch(pool: ConnectionPool, origin: Origin, target: str, *, deadline: float) -> bytes:
+    resp = await pool.request("POST", origin, target, {}, b"{}", deadline=deadline)
+    try:
+        return await resp.read()
+    finally:
+        resp.release()
+
+
+async def test_deadline_covers_headers_and_body() -> None:
+    """A request's deadline fails it whether the headers or the body are late, and the
+    connection is closed (the server sees the client leave)."""
+    seen_close = asyncio.Event()
+
+    async def late(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        line, _, _ = await read_request(reader)
+        if line.startswith(b"POST /body"):
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+            await writer.drain()
+        if not await reader.read(1):
+            seen_close.set()
+
+    async with raw_server(late) as (_, origin):
+        pool = ConnectionPool()
+        loop = asyncio.get_running_loop()
+        for target in ("/headers", "/body"):
+            seen_close.clear()
+            start = loop.time()
+            with pytest.raises(DeadlineExceeded):
+                await fetch(pool, origin, target, deadline=start + 0.2)
+            assert 0.19 <= loop.time() - start < 1.0
+            await asyncio.wait_for(seen_close.wait(), 2)
+        assert not pool._deadlines
+        await pool.close()
+
+
+async def test_deadline_does_not_outlive_its_request() -> None:
+    """A connection reused after a request with a near deadline is not failed by it later."""
+
+    async def slow_second(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for i in range(2):
+            await read_request(reader)
+            if i:
+                await asyncio.sleep(0.4)
+            writer.write(ok(b"done"))
+            await writer.drain()
+
+    async with raw_server(slow_second) as (server, origin):
+        pool = ConnectionPool()
+        loop = asyncio.get_running_loop()
+        resp = await pool.request("POST", origin, "/", {}, b"{}", deadline=loop.time() + 0.1)
+        assert await resp.read() == b"done"
+        resp.release()
+        resp = await pool.request("POST", origin, "/", {}, b"{}")
+        assert await resp.read() == b"done"
+        resp.release()
+        assert server.connections == 1
+        await pool.close()
+
+
+async def test_waiting_for_a_free_connection_counts_against_the_deadline() -> None:
+    async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await asyncio.sleep(5)
+
+    async with raw_server(stall) as (_, origin):
+        pool = ConnectionPool(max_connections=1)
+        loop = asyncio.get_running_loop()
+        first = asyncio.create_task(pool.request("POST", origin, "/", {}, b"{}"))
+        await asyncio.sleep(0.05)
+        with pytest.raises(DeadlineExceeded, match="no connection became free"):
+            await pool.request("POST", origin, "/", {}, b"{}", deadline=loop.time() + 0.2)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        await pool.close()
 
 
 async def test_readline_splits_lines_across_packets() -> None:
