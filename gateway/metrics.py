@@ -5,18 +5,22 @@ Names follow Prometheus conventions with the ``hearth_`` prefix (counters are ex
 names from the config, endpoint names from the API, and small fixed sets (kind, state, reason).
 The gauges that describe the present (in flight, queue depth, workers, usage queue) are set
 at scrape time by GET /metrics (`gateway.api.status`), not on the request path.
+
+The series every request updates (requests, latency, TTFT, tokens, inter-token gaps) are
+`LoopCounter` and `LoopHistogram`: plain numbers without prometheus_client's lock per update,
+exported at scrape time. They are updated and scraped from the event loop's thread only.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator, Mapping
 from itertools import pairwise
 from typing import Any, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
-from prometheus_client.metrics_core import HistogramMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
@@ -35,12 +39,12 @@ WORKER_STATES = ("hot", "starting", "queued", "cold", "offline")
 AUTH_METHODS = ("static_key", "api_key", "globus")
 
 
-class GapSeries:
-    """One label set of a `GapHistogram`: bucket counts (the last is +Inf) and the sum.
+class HistogramSeries:
+    """One label set of a `LoopHistogram`: bucket counts (the last is +Inf) and the sum.
 
     Observing costs a fraction of `prometheus_client`'s (no lock; a batch of gaps is sorted
-    once and split at the bounds): it runs for every streamed token. It is only called from
-    the event loop's thread, as is the scrape.
+    once and split at the bounds). It is only called from the event loop's thread, as is the
+    scrape.
     """
 
     __slots__ = ("_bounds", "counts", "sum")
@@ -49,6 +53,10 @@ class GapSeries:
         self._bounds = bounds
         self.counts = [0] * (len(bounds) + 1)
         self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self._bounds, value)] += 1  # value <= bound: `le` semantics
+        self.sum += value
 
     def observe_gaps(self, times: list[float]) -> None:
         """Observe each gap between consecutive `times` (ascending)."""
@@ -64,8 +72,49 @@ class GapSeries:
         self.sum += sum(gaps)
 
 
-class GapHistogram(Collector):
-    """A histogram for per-token observations, collected at scrape time."""
+class CounterSeries:
+    """One label set of a `LoopCounter`."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1) -> None:
+        if amount < 0:
+            raise ValueError("counters only go up")
+        self.value += amount
+
+
+class LoopCounter(Collector):
+    """A counter updated from the event loop's thread, exposed as ``<name>_total``."""
+
+    def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = labelnames
+        self._series: dict[tuple[str, ...], CounterSeries] = {}
+
+    def labels(self, *values: str) -> CounterSeries:
+        found = self._series.get(values)
+        if found is None:
+            if len(values) != len(self.labelnames):
+                raise ValueError(f"{self.name} takes labels {self.labelnames}, got {values}")
+            found = self._series[values] = CounterSeries()
+        return found
+
+    def describe(self) -> list[Metric]:
+        return [CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)]
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, series in list(self._series.items()):
+            family.add_metric(list(values), series.value)
+        yield family
+
+
+class LoopHistogram(Collector):
+    """A histogram updated from the event loop's thread, collected at scrape time."""
 
     def __init__(
         self, name: str, documentation: str, labelnames: tuple[str, ...], buckets: tuple[float, ...]
@@ -74,14 +123,14 @@ class GapHistogram(Collector):
         self.documentation = documentation
         self.labelnames = labelnames
         self.buckets = buckets
-        self._series: dict[tuple[str, ...], GapSeries] = {}
+        self._series: dict[tuple[str, ...], HistogramSeries] = {}
 
-    def labels(self, *values: str) -> GapSeries:
+    def labels(self, *values: str) -> HistogramSeries:
         found = self._series.get(values)
         if found is None:
             if len(values) != len(self.labelnames):
                 raise ValueError(f"{self.name} takes labels {self.labelnames}, got {values}")
-            found = self._series[values] = GapSeries(self.buckets)
+            found = self._series[values] = HistogramSeries(self.buckets)
         return found
 
     def describe(self) -> list[Metric]:
@@ -104,41 +153,38 @@ class GatewayMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self._children: dict[tuple[int, tuple[str, ...]], object] = {}
         r = self.registry
-        self.requests = Counter(
+        self.requests = LoopCounter(
             "hearth_requests",
             "Inference requests answered, by outcome status (cluster and upstream are empty when no "
             "upstream could answer).",
-            ["endpoint", "model", "cluster", "upstream", "status"],
-            registry=r,
+            ("endpoint", "model", "cluster", "upstream", "status"),
         )
-        self.latency = Histogram(
+        self.latency = LoopHistogram(
             "hearth_request_duration_seconds",
             "Time from request to last byte, for requests an upstream answered.",
-            ["endpoint", "model", "cluster"],
-            buckets=_LATENCY,
-            registry=r,
+            ("endpoint", "model", "cluster"),
+            _LATENCY,
         )
-        self.ttft = Histogram(
+        self.ttft = LoopHistogram(
             "hearth_time_to_first_token_seconds",
             "Time from request to the first streamed event (streams only).",
-            ["model", "cluster"],
-            buckets=_LATENCY,
-            registry=r,
+            ("model", "cluster"),
+            _LATENCY,
         )
-        self.inter_token = GapHistogram(
+        self.inter_token = LoopHistogram(
             "hearth_inter_token_latency_seconds",
             "Time between two consecutive streamed events that carry generated text, one observation "
             "per gap, as the gateway receives them (like vllm:time_per_output_token_seconds).",
             ("model", "cluster"),
             _INTER_TOKEN,
         )
-        r.register(self.inter_token)
-        self.tokens = Counter(
+        self.tokens = LoopCounter(
             "hearth_tokens",
             "Tokens processed, by kind (prompt or completion).",
-            ["model", "cluster", "kind"],
-            registry=r,
+            ("model", "cluster", "kind"),
         )
+        for loop_metric in (self.requests, self.latency, self.ttft, self.inter_token, self.tokens):
+            r.register(loop_metric)
         self.in_flight = Gauge(
             "hearth_requests_in_flight",
             "Requests being relayed now (read from the router at scrape time).",

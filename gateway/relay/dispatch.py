@@ -302,7 +302,7 @@ class Dispatcher:
                 error = UpstreamError(f"{worker} failed (HTTP {status}).")
             else:
                 error = UpstreamError(f"{worker} sent a broken response.")
-        self.metrics.child(self.metrics.requests, ctx.endpoint, model, "", "", str(error.status)).inc()
+        self.metrics.requests.labels(ctx.endpoint, model, "", "", str(error.status)).inc()
         self._record(ctx, model, "", "", error.status, 0, 0, None, stream=stream)
         return error
 
@@ -319,14 +319,14 @@ class Dispatcher:
     ) -> None:
         m = self.metrics
         up, cluster = dep.upstream.name, dep.upstream.cluster
-        m.child(m.requests, ctx.endpoint, dep.model, cluster, up, str(status)).inc()
-        m.child(m.latency, ctx.endpoint, dep.model, cluster).observe(time.perf_counter() - ctx.started)
+        m.requests.labels(ctx.endpoint, dep.model, cluster, up, str(status)).inc()
+        m.latency.labels(ctx.endpoint, dep.model, cluster).observe(time.perf_counter() - ctx.started)
         if ttft_s is not None:
-            m.child(m.ttft, dep.model, cluster).observe(ttft_s)
+            m.ttft.labels(dep.model, cluster).observe(ttft_s)
         if prompt:
-            m.child(m.tokens, dep.model, cluster, "prompt").inc(prompt)
+            m.tokens.labels(dep.model, cluster, "prompt").inc(prompt)
         if completion:
-            m.child(m.tokens, dep.model, cluster, "completion").inc(completion)
+            m.tokens.labels(dep.model, cluster, "completion").inc(completion)
         self._record(ctx, dep.model, cluster, up, status, prompt, completion, ttft_s, stream=stream)
 
     def _record(

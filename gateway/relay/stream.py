@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import orjson
 
 from gateway.errors import UpstreamError
-from gateway.metrics import GapSeries
+from gateway.metrics import HistogramSeries
 from gateway.relay.base import EventStream, RelayError, StreamBroken
 
 DONE = b"data: [DONE]\n\n"
@@ -81,7 +81,7 @@ class ClientStream:
         client_wants_usage: bool,
         renames: tuple[tuple[bytes, bytes], ...],
         on_close: Callable[[StreamOutcome], None],
-        inter_token: GapSeries | None = None,
+        inter_token: HistogramSeries | None = None,
     ) -> None:
         self._stream = stream
         self._events = events

@@ -11,13 +11,16 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.auth.authenticator import Authenticator
 from gateway.auth.keys import generate_key
 from gateway.auth.principal import Principal
 from gateway.errors import AuthenticationFailed, HearthError, ServiceUnavailable
-from gateway.metrics import GapHistogram, GatewayMetrics
+from gateway.metrics import GatewayMetrics, LoopCounter, LoopHistogram
 from gateway.relay.direct import DirectRelay
 from gateway.relay.dispatch import CallContext, Dispatcher
 from gateway.relay.stream import ClientStream
@@ -108,7 +111,7 @@ def test_every_metric_is_exported_with_the_labels_the_dashboard_uses() -> None:
 
 
 def test_gap_histogram_buckets_are_cumulative_and_le_inclusive() -> None:
-    h = GapHistogram("t_gap_seconds", "test", ("model",), (0.01, 0.1))
+    h = LoopHistogram("t_gap_seconds", "test", ("model",), (0.01, 0.1))
     s = h.labels("m")
     s.observe_gaps([1.0, 4.0, 4.005])  # gaps of 3 s and 5 ms
     s.observe_gaps([0.0, 0.01, 0.06])  # 10 ms (on the bound) and 50 ms
@@ -123,6 +126,41 @@ def test_gap_histogram_buckets_are_cumulative_and_le_inclusive() -> None:
     assert [x.value for x in family.samples if x.name.endswith("_bucket")] == [2, 3, 4]
     with pytest.raises(ValueError, match="labels"):
         h.labels("m", "extra")
+
+
+@given(st.lists(st.floats(min_value=0, max_value=700, allow_nan=False), max_size=30))
+@example([0.001, 0.0025, 600.0, 600.5])
+def test_loop_metrics_export_what_prometheus_client_would(values: list[float]) -> None:
+    """LoopHistogram and LoopCounter: the same exposition as prometheus_client's Histogram
+    and Counter fed the same observations (but for Counter's `_created`)."""
+    buckets = (0.001, 0.0025, 0.1, 1, 600)
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    hist = LoopHistogram("t_seconds", "doc", ("model",), buckets)
+    count = LoopCounter("t_things", "doc", ("model",))
+    ours.register(hist)
+    ours.register(count)
+    ref_hist = Histogram("t_seconds", "doc", ["model"], buckets=buckets, registry=theirs)
+    ref_count = Counter("t_things", "doc", ["model"], registry=theirs)
+    for v in values:
+        hist.labels("m").observe(v)
+        ref_hist.labels("m").observe(v)
+        count.labels("m").inc(v)
+        ref_count.labels("m").inc(v)
+
+    def exposition(registry: CollectorRegistry) -> dict[tuple[str, str | None], float]:
+        return {
+            (x.name, x.labels.get("le")): x.value
+            for family in text_string_to_metric_families(generate_latest(registry).decode())
+            for x in family.samples
+            if not x.name.endswith("_created")
+        }
+
+    mine, reference = exposition(ours), exposition(theirs)
+    assert mine.keys() == reference.keys()
+    for key, expected in reference.items():
+        assert mine[key] == pytest.approx(expected), key
+    with pytest.raises(ValueError, match="only go up"):
+        count.labels("m").inc(-1)
 
 
 async def test_stream_observes_each_gap_between_text_events(
