@@ -385,8 +385,8 @@ class ConnectionPool:
                 del self._deadlines[conn]
                 conn.expire()
         if self._deadlines:
-            # At least a little later: under steady load the earliest deadline belongs to a
-            # request that has just started, and this timer should not chase each one.
+            # Not sooner than _SWEEP_MIN_S: deadlines that fall close together (a burst of
+            # requests to a stalled worker) are failed in one sweep, not one wake-up each.
             soonest = min(self._deadlines.values())
             self._sweep = loop.call_at(max(soonest, now + _SWEEP_MIN_S), self._expire, loop)
 
