@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import sys
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,38 +38,61 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out, default=str).decode()
 
 
+# A finished request: (time.time(), request id, method, path, status, duration in seconds).
+_Entry = tuple[float, str, str, str, int, float]
+
+
 class AccessLog:
     """One JSON line per request, written straight to stderr (fd 2).
 
     The same shape as `JsonFormatter`'s lines, without the logging module's per-record
-    machinery (caller lookup, handler locks). Lines finished in the same event-loop turn go
-    out in one write(2) at the end of that turn: under load that is one system call (and one
-    wake-up of journald or whatever reads stderr) for many requests, and nothing waits longer
-    than the turn.
+    machinery (caller lookup, handler locks). A request only leaves a tuple; the lines of the
+    requests finished in the same event-loop turn are formatted together at the end of that
+    turn and go out in one write(2): under load that is one system call (and one wake-up of
+    journald or whatever reads stderr) for many requests, and nothing waits longer than the
+    turn.
     """
 
     def __init__(self, fd: int = 2) -> None:
         self._fd = fd
-        self._lines: list[bytes] = []
+        self._pending: list[_Entry] = []
+        self._ts_ms = -1  # the millisecond `_ts` was formatted for
+        self._ts = ""
 
-    def write(self, fields: dict[str, Any]) -> None:
-        line = {
-            "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
-            "level": "info",
-            "logger": "hearth.access",
-            "msg": "request",
-            **fields,
-        }
-        if not self._lines:
+    def request(self, request_id: str, method: str, path: str, status: int, duration_s: float) -> None:
+        """Log a finished request (at the end of this loop turn)."""
+        if not self._pending:
             asyncio.get_running_loop().call_soon(self.flush)
-        self._lines.append(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
+        self._pending.append((time.time(), request_id, method, path, status, duration_s))
 
     def flush(self) -> None:
-        data = b"".join(self._lines)
-        self._lines.clear()
+        pending, self._pending = self._pending, []
+        data = b"".join([self._line(entry) for entry in pending])
         with contextlib.suppress(OSError):  # a closed or full stderr must not fail requests
             while data:
                 data = data[os.write(self._fd, data) :]
+
+    def _line(self, entry: _Entry) -> bytes:
+        ts, request_id, method, path, status, duration_s = entry
+        line = {
+            "ts": self._timestamp(ts),
+            "level": "info",
+            "logger": "hearth.access",
+            "msg": "request",
+            "request_id": request_id,
+            "method": method,
+            "path": path,
+            "status": status,
+            "duration_ms": round(duration_s * 1e3, 3),
+        }
+        return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
+
+    def _timestamp(self, ts: float) -> str:
+        ms = int(ts * 1000)
+        if ms != self._ts_ms:  # under load many lines share a millisecond
+            self._ts_ms = ms
+            self._ts = datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+        return self._ts
 
 
 def configure_logging(level: str = "info", *, json: bool = True) -> None:

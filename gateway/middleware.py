@@ -117,14 +117,8 @@ class RequestContextMiddleware:
 
     def log_request(self, scope: Scope, request_id: str, status: int, started: float) -> None:
         if self.access_log is not None:
-            self.access_log.write(
-                {
-                    "request_id": request_id,
-                    "method": scope["method"],
-                    "path": scope["path"],
-                    "status": status,
-                    "duration_ms": round((time.perf_counter() - started) * 1e3, 3),
-                },
+            self.access_log.request(
+                request_id, scope["method"], scope["path"], status, time.perf_counter() - started
             )
 
     def refuse_length(self, length: bytes | None, limit: int) -> RequestTooLarge | None:

@@ -275,7 +275,7 @@ class Response:
             self._pool._put(conn)
         else:
             conn.close()
-        self._pool._slots.release()
+        self._pool._release_slot()
 
     def close(self) -> None:
         """Drop the connection (the server sees the client leave)."""
@@ -284,7 +284,7 @@ class Response:
         self._done = True
         self._pool._deadlines.pop(self._conn, None)
         self._conn.close()
-        self._pool._slots.release()
+        self._pool._release_slot()
 
 
 class ConnectionPool:
@@ -304,6 +304,7 @@ class ConnectionPool:
         self._ssl = ssl_context
         self._idle: dict[Origin, deque[_Connection]] = {}
         self._slots_: asyncio.Semaphore | None = None
+        self._in_use = 0  # slots taken
         self._deadlines: dict[_Connection, float] = {}  # busy connections' deadlines (loop time)
         self._sweep: asyncio.TimerHandle | None = None
 
@@ -355,18 +356,24 @@ class ConnectionPool:
                 return Response(self, conn, read_timeout)
             raise AssertionError("unreachable")  # pragma: no cover
         except BaseException:
-            self._slots.release()
+            self._release_slot()
             raise
 
     async def _acquire(self, deadline: float | None) -> None:
-        if deadline is None or not self._slots.locked():
+        # `Semaphore.locked()` scans the waiters; counting the slots in use is cheaper.
+        if deadline is None or self._in_use < self._max:
             await self._slots.acquire()
-            return
-        try:  # every connection is busy: the wait for one counts against the deadline
-            async with asyncio.timeout_at(deadline):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise DeadlineExceeded("no connection became free before the request's deadline") from None
+        else:
+            try:  # every connection is busy: the wait for one counts against the deadline
+                async with asyncio.timeout_at(deadline):
+                    await self._slots.acquire()
+            except TimeoutError:
+                raise DeadlineExceeded("no connection became free before the request's deadline") from None
+        self._in_use += 1
+
+    def _release_slot(self) -> None:
+        self._in_use -= 1
+        self._slots.release()
 
     def _watch(self, conn: _Connection, deadline: float) -> None:
         self._deadlines[conn] = deadline
