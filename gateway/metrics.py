@@ -16,7 +16,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator, Mapping
 from itertools import pairwise
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
@@ -86,22 +86,35 @@ class CounterSeries:
         self.value += amount
 
 
-class LoopCounter(Collector):
-    """A counter updated from the event loop's thread, exposed as ``<name>_total``."""
+SeriesT = TypeVar("SeriesT", CounterSeries, HistogramSeries)
+
+
+class _LoopMetric(Collector, Generic[SeriesT]):
+    """A metric's series by label values, created on first use."""
 
     def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...]) -> None:
         self.name = name
         self.documentation = documentation
         self.labelnames = labelnames
-        self._series: dict[tuple[str, ...], CounterSeries] = {}
+        self._series: dict[tuple[str, ...], SeriesT] = {}
 
-    def labels(self, *values: str) -> CounterSeries:
+    def labels(self, *values: str) -> SeriesT:
         found = self._series.get(values)
         if found is None:
             if len(values) != len(self.labelnames):
                 raise ValueError(f"{self.name} takes labels {self.labelnames}, got {values}")
-            found = self._series[values] = CounterSeries()
+            found = self._series[values] = self._new_series()
         return found
+
+    def _new_series(self) -> SeriesT:
+        raise NotImplementedError
+
+
+class LoopCounter(_LoopMetric[CounterSeries]):
+    """A counter updated from the event loop's thread, exposed as ``<name>_total``."""
+
+    def _new_series(self) -> CounterSeries:
+        return CounterSeries()
 
     def describe(self) -> list[Metric]:
         return [CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)]
@@ -113,25 +126,17 @@ class LoopCounter(Collector):
         yield family
 
 
-class LoopHistogram(Collector):
+class LoopHistogram(_LoopMetric[HistogramSeries]):
     """A histogram updated from the event loop's thread, collected at scrape time."""
 
     def __init__(
         self, name: str, documentation: str, labelnames: tuple[str, ...], buckets: tuple[float, ...]
     ) -> None:
-        self.name = name
-        self.documentation = documentation
-        self.labelnames = labelnames
+        super().__init__(name, documentation, labelnames)
         self.buckets = buckets
-        self._series: dict[tuple[str, ...], HistogramSeries] = {}
 
-    def labels(self, *values: str) -> HistogramSeries:
-        found = self._series.get(values)
-        if found is None:
-            if len(values) != len(self.labelnames):
-                raise ValueError(f"{self.name} takes labels {self.labelnames}, got {values}")
-            found = self._series[values] = HistogramSeries(self.buckets)
-        return found
+    def _new_series(self) -> HistogramSeries:
+        return HistogramSeries(self.buckets)
 
     def describe(self) -> list[Metric]:
         return [HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)]
