@@ -9,9 +9,8 @@ reasons, never a token or a key.
 from __future__ import annotations
 
 import builtins
-from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import select
 
@@ -24,25 +23,16 @@ __all__ = ["AuditLog", "AuditRecord"]
 _MAX_TEXT = 255
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AuditRecord:
+class AuditRecord(NamedTuple):
+    """A row of ``audit_events`` without its id, fields in the table's column order."""
+
+    ts: datetime
     actor: str
     action: str  # auth.token, auth.key, key.create, key.revoke, ...
     outcome: str  # allow, deny, ok
     target: str | None = None
     detail: str | None = None
     request_id: str | None = None
-    ts: datetime
-
-    def as_row(self) -> dict[str, Any]:
-        row = {f: getattr(self, f) for f in _FIELDS}
-        for name in ("actor", "target"):
-            if row[name] is not None:
-                row[name] = row[name][:_MAX_TEXT]
-        return row
-
-
-_FIELDS = tuple(f.name for f in fields(AuditRecord))
 
 
 class AuditLog(BatchWriter[AuditRecord]):
@@ -65,13 +55,13 @@ class AuditLog(BatchWriter[AuditRecord]):
         if self.enabled:
             self.record(
                 AuditRecord(
-                    actor=actor,
+                    ts=utcnow(),
+                    actor=actor[:_MAX_TEXT],
                     action=action,
                     outcome=outcome,
-                    target=target,
+                    target=None if target is None else target[:_MAX_TEXT],
                     detail=detail,
                     request_id=request_id,
-                    ts=utcnow(),
                 )
             )
 

@@ -6,9 +6,8 @@ in-memory queue. Records hold counts and timings only, never prompts or completi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from gateway.store.database import Database
 from gateway.store.models import UsageEvent
@@ -17,14 +16,14 @@ from gateway.store.writer import BatchWriter
 __all__ = ["UsageRecord", "UsageRecorder"]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class UsageRecord:
-    """What the gateway keeps about one request (a row of ``usage_events`` without its id)."""
+class UsageRecord(NamedTuple):
+    """What the gateway keeps about one request: a row of ``usage_events`` without its id,
+    fields in the table's column order (the writer hands the tuple to the driver as it is)."""
 
     ts: datetime
     request_id: str
     user: str
-    api_key_id: str | None = None
+    api_key_id: str | None
     model: str
     cluster: str
     upstream: str
@@ -33,14 +32,8 @@ class UsageRecord:
     prompt_tokens: int
     completion_tokens: int
     latency_ms: float
-    ttft_ms: float | None = None
+    ttft_ms: float | None
     stream: bool
-
-    def as_row(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in _FIELDS}
-
-
-_FIELDS = tuple(f.name for f in fields(UsageRecord))
 
 
 class UsageRecorder(BatchWriter[UsageRecord]):

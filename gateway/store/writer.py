@@ -17,6 +17,7 @@ import logging
 import math
 import time
 from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
 from sqlalchemy import FromClause, insert
@@ -30,13 +31,20 @@ __all__ = ["BatchWriter"]
 log = logging.getLogger(__name__)
 
 _DROP_WARNING_EVERY_S = 60.0
-# Rows per executemany: preparing them holds the loop ~0.3 ms on SQLite (its timestamp
-# formatting is most of it), ~0.15 ms on PostgreSQL.
+# Rows per executemany: preparing them holds the loop ~0.1 ms on SQLite (its timestamp
+# formatting is most of it), less on PostgreSQL.
 _SLICE_ROWS = 50
 
 
 class _Row(Protocol):
-    def as_row(self) -> dict[str, Any]: ...
+    """A record is a named tuple of some of the table's columns (typing.NamedTuple)."""
+
+    @property
+    def _fields(self) -> tuple[str, ...]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+    def __getitem__(self, index: int, /) -> Any: ...
 
 
 R = TypeVar("R", bound=_Row)
@@ -44,6 +52,10 @@ R = TypeVar("R", bound=_Row)
 
 class BatchWriter(Generic[R]):
     """Queues records without blocking and writes them to ``table`` in the background.
+
+    A record is a named tuple whose field names are columns of ``table``; in the table's
+    column order, it goes to the driver as it is (only the values whose column type needs a
+    conversion, such as timestamps on SQLite, are converted).
 
     Use from the event loop's thread only. ``start()`` once the loop runs; ``stop()`` on
     shutdown writes what is left (giving up after ``timeout_s`` if the database stays down).
@@ -204,37 +216,47 @@ class BatchWriter(Generic[R]):
         # (asyncpg encodes on the loop's thread); one transaction still holds the batch.
         engine = self._db.engine
         if self._insert is None:
-            self._insert = _DriverInsert(self._table, engine.dialect, tuple(batch[0].as_row()))
-        ins = self._insert
+            self._insert = _DriverInsert(self._table, engine.dialect, batch[0]._fields)
+        params = self._insert.params
         async with engine.begin() as conn:
             for start in range(0, len(batch), _SLICE_ROWS):
-                rows = [ins.params(rec.as_row()) for rec in batch[start : start + _SLICE_ROWS]]
-                await conn.exec_driver_sql(ins.sql, rows)
+                rows = [params(rec) for rec in batch[start : start + _SLICE_ROWS]]
+                await conn.exec_driver_sql(self._insert.sql, rows)
 
 
 class _DriverInsert:
-    """An INSERT of some of a table's columns, compiled for one dialect, and the parameters
-    of a row as that dialect's driver takes them (SQLAlchemy's own bind processing, applied
-    only to the columns whose type has one, such as timestamps on SQLite)."""
+    """An INSERT of some of a table's columns, compiled for one dialect, and a record's values
+    as that dialect's driver takes them: SQLAlchemy's own bind processing, applied only to the
+    columns whose type has one (timestamps on SQLite, booleans), and the record itself when
+    its fields are in the statement's order and no column needs a conversion."""
 
-    def __init__(self, table: FromClause, dialect: Dialect, columns: tuple[str, ...]) -> None:
-        compiled = insert(table).compile(dialect=dialect, column_keys=list(columns))  # type: ignore[arg-type]
+    def __init__(self, table: FromClause, dialect: Dialect, fields: Sequence[str]) -> None:
+        compiled = insert(table).compile(dialect=dialect, column_keys=list(fields))  # type: ignore[arg-type]
         self.sql = str(compiled)
-        self.positional = bool(compiled.positional)
-        self.names: tuple[str, ...] = tuple(compiled.positiontup or ()) if self.positional else columns
-        processors = []
-        for name in self.names:
+        positional = bool(compiled.positional)
+        names: tuple[str, ...] = tuple(compiled.positiontup or ()) if positional else tuple(fields)
+        if sorted(names) != sorted(fields):
+            raise ValueError(f"the INSERT's parameters {names} are not the record's fields {tuple(fields)}")
+        order = tuple(fields.index(name) for name in names)
+        processors: list[tuple[int, Callable[[Any], Any]]] = []
+        for i, name in enumerate(names):
             process = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
             if process is not None:
-                processors.append((name, process))
+                processors.append((i, process))
+        self._names = names
+        self._order = None if order == tuple(range(len(order))) else order
         self._processors = tuple(processors)
+        self._positional = positional
 
-    def params(self, row: dict[str, Any]) -> tuple[Any, ...] | dict[str, Any]:
-        for name, process in self._processors:
-            row[name] = process(row[name])
-        if self.positional:
-            return tuple([row[name] for name in self.names])
-        return row
+    def params(self, record: _Row) -> tuple[Any, ...] | dict[str, Any]:
+        if self._order is None and not self._processors and self._positional:
+            return record  # type: ignore[return-value]  # a NamedTuple is the tuple
+        values = list(record) if self._order is None else [record[i] for i in self._order]
+        for i, process in self._processors:
+            values[i] = process(values[i])
+        if self._positional:
+            return tuple(values)  # the driver layer takes tuples, not lists
+        return dict(zip(self._names, values, strict=True))
 
 
 async def _wait(event: asyncio.Event, timeout_s: float) -> None:

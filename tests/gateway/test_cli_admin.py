@@ -33,9 +33,9 @@ def config(tmp_path: Path) -> Path:
         recorder = UsageRecorder(db)
         for i, (user, model) in enumerate([("alice", "big"), ("alice", "small"), ("bob", "big")] * 4):
             recorder.record(UsageRecord(
-                ts=datetime.now(UTC), request_id=str(i), user=user, model=model, cluster="polaris",
-                upstream="u", endpoint="chat.completions", status=200 if i % 6 else 502,
-                prompt_tokens=10, completion_tokens=5, latency_ms=1.0, stream=False,
+                ts=datetime.now(UTC), request_id=str(i), user=user, api_key_id=None, model=model,
+                cluster="polaris", upstream="u", endpoint="chat.completions", status=200 if i % 6 else 502,
+                prompt_tokens=10, completion_tokens=5, latency_ms=1.0, ttft_ms=None, stream=False,
             ))  # fmt: skip
         await recorder.flush()
         audit = AuditLog(db)

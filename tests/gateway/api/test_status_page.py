@@ -191,9 +191,10 @@ def record(
 ) -> None:
     services.usage.record(
         UsageRecord(
-            ts=datetime.now(UTC) - age, request_id="r", user="someone", model=model, cluster=cluster,
-            upstream=f"{cluster}/0" if cluster else "", endpoint="chat.completions", status=status,
-            prompt_tokens=prompt, completion_tokens=completion, latency_ms=latency_ms, stream=False,
+            ts=datetime.now(UTC) - age, request_id="r", user="someone", api_key_id=None, model=model,
+            cluster=cluster, upstream=f"{cluster}/0" if cluster else "", endpoint="chat.completions",
+            status=status, prompt_tokens=prompt, completion_tokens=completion, latency_ms=latency_ms,
+            ttft_ms=None, stream=False,
         )
     )  # fmt: skip
 

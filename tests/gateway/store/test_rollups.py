@@ -21,9 +21,10 @@ NOW = datetime.now(UTC)
 
 def record(i: int, *, user: str, model: str, ts: datetime, status: int = 200) -> UsageRecord:
     return UsageRecord(
-        ts=ts, request_id=f"r{i}", user=user, model=model, cluster="polaris" if i % 3 else "aurora",
+        ts=ts, request_id=f"r{i}", user=user, api_key_id=None, model=model,
+        cluster="polaris" if i % 3 else "aurora",
         upstream="u", endpoint="chat.completions", status=status, prompt_tokens=i % 17,
-        completion_tokens=i % 5, latency_ms=float(i % 7), stream=bool(i % 2),
+        completion_tokens=i % 5, latency_ms=float(i % 7), ttft_ms=None, stream=bool(i % 2),
     )  # fmt: skip
 
 

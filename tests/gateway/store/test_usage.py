@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import inspect
 import logging
 import math
@@ -16,8 +15,9 @@ from typing import Any
 import pytest
 from sqlalchemy import event, func, select, text
 
+from gateway.store.audit import AuditRecord
 from gateway.store.database import Database
-from gateway.store.models import UsageEvent
+from gateway.store.models import AuditEvent, UsageEvent
 from gateway.store.usage import UsageRecord, UsageRecorder
 from gateway.store.writer import _SLICE_ROWS
 
@@ -237,7 +237,7 @@ def test_record_is_synchronous() -> None:
 
 
 def _fields() -> list[str]:
-    return [f.name for f in dataclasses.fields(UsageRecord)]
+    return list(UsageRecord._fields)
 
 
 async def test_no_prompts_or_completions_are_stored(database: Database) -> None:
@@ -260,4 +260,10 @@ async def test_no_prompts_or_completions_are_stored(database: Database) -> None:
     assert set(_fields()) == expected
     assert {c.name for c in UsageEvent.__table__.columns} == expected | {"id"}
     with pytest.raises(TypeError):
-        UsageRecord(**make_record(0).as_row(), prompt="secret prompt")  # type: ignore[call-arg]
+        UsageRecord(**make_record(0)._asdict(), prompt="secret prompt")  # type: ignore[call-arg]
+
+
+def test_records_are_in_the_tables_column_order() -> None:
+    """So the writer hands each record to the driver as it is (no reordering, no dict)."""
+    assert UsageRecord._fields == tuple(c.name for c in UsageEvent.__table__.columns if c.name != "id")
+    assert AuditRecord._fields == tuple(c.name for c in AuditEvent.__table__.columns if c.name != "id")
