@@ -58,27 +58,27 @@ async def _wait_disconnect(receive: Receive) -> None:
 WATCH_DISCONNECT_AFTER_S = 0.02
 
 # The ASGI scope extension of a request whose server (`gateway.serving`) cancels the request's
-# task itself when the client leaves: a callable saying whether it has left.
-CLIENT_LEFT = "hearth.client_left"
+# task itself when the client leaves, and knows why when the cancellation reaches it.
+SERVER_CANCELS = "hearth.server_cancels"
 
 
-async def cancel_on_disconnect(request: Request, work: Coroutine[Any, Any, T]) -> T:
-    """Await `work`, cancelling it if the client disconnects first (like vLLM's with_cancellation).
+def cancel_on_disconnect(request: Request, work: Coroutine[Any, Any, T]) -> Awaitable[T]:
+    """`work`, to be awaited, cancelled if the client disconnects first (like vLLM's
+    with_cancellation); `ClientDisconnected` is raised then.
 
     `work` runs in the calling task; a watcher task, started only once the request has taken
     `WATCH_DISCONNECT_AFTER_S`, cancels it on disconnect. The body must have been read already.
+    A request whose server cancels its task when the client leaves (`SERVER_CANCELS`) gets
+    `work` as it is: nothing to watch, and the cancellation goes up to that server.
     """
+    if SERVER_CANCELS in request.scope.get("extensions", ()):
+        return work
+    return _watched(request, work)
+
+
+async def _watched(request: Request, work: Coroutine[Any, Any, T]) -> T:
     task = asyncio.current_task()
     assert task is not None
-    client_left = request.scope.get("extensions", {}).get(CLIENT_LEFT)
-    if client_left is not None:  # the server cancels this task if the client leaves
-        try:
-            return await work
-        except asyncio.CancelledError:
-            if client_left():
-                task.uncancel()
-                raise ClientDisconnected from None
-            raise
     loop = asyncio.get_running_loop()
     left = False
     watcher: asyncio.Task[None] | None = None

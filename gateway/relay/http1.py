@@ -303,16 +303,10 @@ class ConnectionPool:
         self._idle_timeout = idle_timeout
         self._ssl = ssl_context
         self._idle: dict[Origin, deque[_Connection]] = {}
-        self._slots_: asyncio.Semaphore | None = None
-        self._in_use = 0  # slots taken
+        self._in_use = 0  # connection slots taken, at most max_connections
+        self._waiters: deque[asyncio.Future[None]] = deque()  # for a slot, first come first served
         self._deadlines: dict[_Connection, float] = {}  # busy connections' deadlines (loop time)
         self._sweep: asyncio.TimerHandle | None = None
-
-    @property
-    def _slots(self) -> asyncio.Semaphore:
-        if self._slots_ is None:  # created on first use, inside the running loop
-            self._slots_ = asyncio.Semaphore(self._max)
-        return self._slots_
 
     async def request(
         self,
@@ -360,20 +354,37 @@ class ConnectionPool:
             raise
 
     async def _acquire(self, deadline: float | None) -> None:
-        # `Semaphore.locked()` scans the waiters; counting the slots in use is cheaper.
-        if deadline is None or self._in_use < self._max:
-            await self._slots.acquire()
-        else:
-            try:  # every connection is busy: the wait for one counts against the deadline
+        # The slots are counted here rather than by an asyncio.Semaphore: a free slot is taken
+        # without suspending the request (the Semaphore's acquire scans its waiters each time).
+        if self._in_use < self._max and not self._waiters:
+            self._in_use += 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:  # every slot is taken: the wait for one counts against the deadline
+            if deadline is None:
+                await waiter
+            else:
                 async with asyncio.timeout_at(deadline):
-                    await self._slots.acquire()
-            except TimeoutError:
+                    await waiter
+        except BaseException as exc:
+            if waiter.done() and not waiter.cancelled():
+                self._release_slot()  # handed a slot just as the wait ended: pass it on
+            elif waiter in self._waiters:  # (a release may have dropped it, cancelled, already)
+                self._waiters.remove(waiter)
+            if isinstance(exc, TimeoutError):
                 raise DeadlineExceeded("no connection became free before the request's deadline") from None
-        self._in_use += 1
+            raise
+        # handed over by _release_slot, still counted in _in_use
 
     def _release_slot(self) -> None:
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot goes to the longest waiting request
+                return
         self._in_use -= 1
-        self._slots.release()
 
     def _watch(self, conn: _Connection, deadline: float) -> None:
         self._deadlines[conn] = deadline

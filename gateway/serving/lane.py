@@ -19,7 +19,7 @@ from starlette.types import Receive, Scope
 from gateway.api.errors import error_response
 from gateway.api.fastlane import FastLane
 from gateway.api.openai import GENERATION_ROUTES
-from gateway.api.responses import CLIENT_LEFT, SSEResponse
+from gateway.api.responses import SERVER_CANCELS, SSEResponse
 from gateway.middleware import RequestContextMiddleware
 from gateway.serving.cycle import LaneCycle
 
@@ -37,7 +37,7 @@ class Lane:
         scope = cast(Scope, cycle.scope)
         context = self.context
         request_id, length = context.identify(scope, started)
-        scope["extensions"] = {CLIENT_LEFT: lambda: cycle.disconnected}
+        scope["extensions"] = {SERVER_CANCELS: True}  # see the CancelledError below
         extra = [(b"x-request-id", request_id.encode())]
         status = 499
         try:

@@ -4,7 +4,8 @@
 the inference routes it makes a `LaneCycle` instead of uvicorn's ASGI cycle; the request is
 then served by `gateway.serving.lane.Lane` without ASGI messages. Every other request (and
 every request when the app has no lane) is uvicorn's, unchanged, through the coalescing
-transport of `gateway.coalesce`.
+transport of `gateway.coalesce`. The keep-alive timeout is uvicorn's too, kept with one timer
+per idle period instead of one per response (see `on_response_complete`).
 
 Why: on a 2-core login node where the load generator, the gateway and the engine share the
 cores, the ASGI layers (message dicts, the server's re-validation of headers, middleware
@@ -31,6 +32,7 @@ class HearthHttpProtocol(CoalescingHttpToolsProtocol):
         super().__init__(config, *args, **kwargs)
         lane = getattr(config.app, "lane", None)
         self._lane: Lane | None = lane if isinstance(lane, Lane) else None
+        self._idle_since: float | None = None  # the loop's clock at the last response, if idle
 
     def on_headers_complete(self) -> None:
         lane = self._lane
@@ -81,5 +83,41 @@ class HearthHttpProtocol(CoalescingHttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         cycle = self.cycle
         super().connection_lost(exc)
+        if self.timeout_keep_alive_task is not None:
+            self.timeout_keep_alive_task.cancel()
+            self.timeout_keep_alive_task = None
         if isinstance(cycle, LaneCycle) and cycle.disconnected:
             cycle.client_left()
+
+    # -- keep-alive: uvicorn arms a timer after every response and cancels it when the next
+    # request arrives, two timer operations per request; here a timer armed when the
+    # connection goes idle checks, when it fires, whether it has been idle that long since.
+
+    def on_response_complete(self) -> None:
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            self._idle_since = None
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+            return
+        self._idle_since = now = self.loop.time()
+        if self.timeout_keep_alive_task is None:
+            due = now + self.timeout_keep_alive
+            self.timeout_keep_alive_task = self.loop.call_at(due, self._keep_alive_due)
+
+    def _unset_keepalive_if_required(self) -> None:  # uvicorn calls this as data arrives
+        self._idle_since = None
+
+    def _keep_alive_due(self) -> None:
+        self.timeout_keep_alive_task = None
+        idle_since = self._idle_since
+        if idle_since is None or self.transport.is_closing():
+            return  # busy: the next response arms the timer again
+        due = idle_since + self.timeout_keep_alive
+        if due <= self.loop.time() + 0.001:  # (timers may fire within a millisecond early)
+            self.timeout_keep_alive_handler()  # closes the connection
+        else:
+            self.timeout_keep_alive_task = self.loop.call_at(due, self._keep_alive_due)

@@ -282,6 +282,40 @@ async def test_waiting_for_a_free_connection_counts_against_the_deadline() -> No
         await pool.close()
 
 
+async def test_connection_slots_go_in_arrival_order_and_none_is_lost() -> None:
+    pool = ConnectionPool(max_connections=1)
+    got: list[str] = []
+
+    async def take(name: str) -> None:
+        await pool._acquire(None)
+        got.append(name)
+
+    await pool._acquire(None)  # a free slot is taken at once
+    a, b, c = (asyncio.create_task(take(n)) for n in "abc")
+    await asyncio.sleep(0)
+    b.cancel()  # gave up waiting: no longer in the queue
+    await asyncio.sleep(0)
+    assert len(pool._waiters) == 2
+    pool._release_slot()
+    await a
+    pool._release_slot()
+    await c
+    assert got == ["a", "c"]
+    assert pool._in_use == 1
+    assert not pool._waiters
+
+    d = asyncio.create_task(take("d"))
+    await asyncio.sleep(0)
+    pool._release_slot()  # the slot is handed to d ...
+    d.cancel()  # ... which is cancelled before it runs: it passes the slot on
+    with pytest.raises(asyncio.CancelledError):
+        await d
+    assert pool._in_use == 0
+    assert not pool._waiters
+    await pool._acquire(None)
+    assert pool._in_use == 1
+
+
 async def test_readline_splits_lines_across_packets() -> None:
     async def dribble(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
