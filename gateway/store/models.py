@@ -58,11 +58,7 @@ class UTCDateTime(TypeDecorator[datetime]):
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None or value.utcoffset() is None:
-            raise ValueError(f"naive datetime {value!r}: pass a timezone-aware datetime")
-        return value.astimezone(UTC)
+        return None if value is None else _as_utc(value)
 
     def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
         # On SQLite the value is stored as text; SQLAlchemy's conversion (this class's
@@ -84,7 +80,17 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
 
-# SQLAlchemy's default text for a SQLite DATETIME, with positions instead of names.
+def _as_utc(value: datetime) -> datetime:
+    """`value` in UTC; a naive datetime is refused rather than guessed at."""
+    if value.tzinfo is UTC:
+        return value
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"naive datetime {value!r}: pass a timezone-aware datetime")
+    return value.astimezone(UTC)
+
+
+# SQLAlchemy's default text for a SQLite DATETIME (named fields), and the same text from
+# positional ones, which is what `_sqlite_text` formats.
 _SQLITE_FORMAT = "%(year)04d-%(month)02d-%(day)02d %(hour)02d:%(minute)02d:%(second)02d.%(microsecond)06d"
 _SQLITE_TEXT = "%04d-%02d-%02d %02d:%02d:%02d.%06d"
 
@@ -92,10 +98,7 @@ _SQLITE_TEXT = "%04d-%02d-%02d %02d:%02d:%02d.%06d"
 def _sqlite_text(value: datetime | None) -> str | None:
     if value is None:
         return None
-    if value.tzinfo is not UTC:
-        if value.tzinfo is None or value.utcoffset() is None:
-            raise ValueError(f"naive datetime {value!r}: pass a timezone-aware datetime")
-        value = value.astimezone(UTC)
+    value = _as_utc(value)
     return _SQLITE_TEXT % (
         value.year, value.month, value.day, value.hour, value.minute, value.second, value.microsecond
     )  # fmt: skip

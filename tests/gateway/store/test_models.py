@@ -45,3 +45,5 @@ def test_none_passes_and_naive_values_are_refused() -> None:
     assert _sqlite_text(None) is None
     with pytest.raises(ValueError, match="naive datetime"):
         _sqlite_text(datetime(2030, 1, 1))
+    with pytest.raises(ValueError, match="naive datetime"):  # every other dialect's way in
+        UTCDateTime().process_bind_param(datetime(2030, 1, 1), postgresql.asyncpg.dialect())  # type: ignore[attr-defined]
