@@ -247,9 +247,10 @@ class _DriverInsert:
         self._order = None if order == tuple(range(len(order))) else order
         self._processors = tuple(processors)
         self._positional = positional
+        self._as_is = positional and self._order is None and not self._processors
 
     def params(self, record: _Row) -> tuple[Any, ...] | dict[str, Any]:
-        if self._order is None and not self._processors and self._positional:
+        if self._as_is:
             return record  # type: ignore[return-value]  # a NamedTuple is the tuple
         values = list(record) if self._order is None else [record[i] for i in self._order]
         for i, process in self._processors:
